@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -111,23 +111,40 @@ class preserve_state:
                 b.copy_(saved)
 
 
+def _candidate_inputs(model: nn.Module, batch: int) -> Iterator[torch.Tensor]:
+    """Inputs shaped for each Linear/Conv in registration order, until an embedding or attention."""
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)):
+            return
+        if isinstance(module, (nn.Linear,) + _CONV_TYPES):
+            w = module.weight
+            if isinstance(module, nn.Linear):
+                shape: Tuple[int, ...] = (batch, module.in_features)
+            else:
+                shape = (batch, module.in_channels, *([32] * (w.dim() - 2)))
+            if shape not in seen:
+                seen.add(shape)
+                yield torch.randn(shape, device=w.device, dtype=w.dtype)
+
+
 def infer_example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    """Build an input from the first weight layer in registration order, or say why not."""
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            break
-        if isinstance(module, nn.Linear):
-            w = module.weight
-            return torch.randn(batch, module.in_features, device=w.device, dtype=w.dtype)
-        if isinstance(module, _CONV_TYPES):
-            w = module.weight
-            spatial = [32] * (w.dim() - 2)
-            return torch.randn(batch, module.in_channels, *spatial, device=w.device, dtype=w.dtype)
-        if isinstance(module, nn.MultiheadAttention):
-            break
+    """An input the model accepts, shaped from its Linear/Conv layers (Conv: 32-pixel sides).
+
+    Candidates come from each layer in registration order, the first the forward accepts wins;
+    models that start with an embedding or attention need a real input, and say so.
+    """
+    for candidate in _candidate_inputs(model, batch):
+        try:
+            with preserve_state(model), torch.no_grad():
+                model.eval()
+                run_model(model, candidate)
+            return candidate
+        except Exception:
+            continue
     raise ValueError(
-        f"cannot infer an input for {type(model).__name__}: its first layer is not a Linear or "
-        "Conv (embeddings and attention need real inputs); pass example_input="
+        f"cannot infer an input for {type(model).__name__} from its layers (embeddings and "
+        "attention need real inputs); pass example_input="
     )
 
 
@@ -270,6 +287,12 @@ def _block_members(block_name: str, module: nn.Module, layers: Sequence[WeightLa
     return inside
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """fnmatch per dotted segment: ``*`` stands for one module name, never for a dotted path."""
+    parts, pats = name.split("."), pattern.split(".")
+    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, p) for a, p in zip(parts, pats))
+
+
 def find_blocks(
     model: nn.Module,
     layers: Sequence[WeightLayer],
@@ -277,7 +300,7 @@ def find_blocks(
 ) -> Dict[str, List[WeightLayer]]:
     """Group weight layers into blocks, each block's layers in execution order.
 
-    ``blocks``: module names or ``fnmatch`` patterns ("encoder.layers.*.ffn"); every pattern must
+    ``blocks``: module names or patterns ("encoder.layers.*.ffn", ``*`` = one name segment); each must
     match at least one module. When None, the default blocks of :func:`is_block_module`. A layer in
     nested blocks belongs to the innermost one; layers in no block are left out.
     """
@@ -288,7 +311,7 @@ def find_blocks(
         patterns = [blocks] if isinstance(blocks, str) else list(blocks)
         chosen = []
         for pattern in patterns:
-            hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+            hits = [n for n in modules if n and _matches(n, pattern)]
             if not hits:
                 raise ValueError(f"block {pattern!r} matches no module of {type(model).__name__}")
             chosen.extend(h for h in hits if h not in chosen)
