@@ -214,26 +214,36 @@ def _trace_calls(model: nn.Module, example_input: Any, names: Dict[int, str]) ->
         raise ValueError(
             f"{type(model).__name__} has no weight layers (Linear, ConvNd or MultiheadAttention)"
         )
-    if example_input is None:
-        example_input = infer_example_input(model)
     calls: List[nn.Module] = []
 
     def pre_hook(module: nn.Module, args: Any) -> None:
         calls.append(module)
 
+    # no example input: try each inferred candidate in the hooked forward itself (one pass)
+    inputs = [example_input] if example_input is not None else list(_candidate_inputs(model, 2))
     handles = [
         m.register_forward_pre_hook(pre_hook) for m in model.modules() if _weight_params(m)
     ]
     try:
         with preserve_state(model), torch.no_grad(), _no_attention_fastpath():
             model.eval()
-            try:
-                run_model(model, example_input)
-            except Exception as err:  # the user's forward: say what we were doing
+            for i, candidate in enumerate(inputs):
+                calls.clear()
+                try:
+                    run_model(model, candidate)
+                    break
+                except Exception as err:  # the user's forward: say what we were doing
+                    if example_input is not None:
+                        raise ValueError(
+                            f"tracing {type(model).__name__} on the example input failed "
+                            f"({type(err).__name__}: {err}); pass an example_input its forward "
+                            "accepts"
+                        ) from err
+            else:
                 raise ValueError(
-                    f"tracing {type(model).__name__} on the example input failed "
-                    f"({type(err).__name__}: {err}); pass an example_input its forward accepts"
-                ) from err
+                    f"cannot infer an input for {type(model).__name__} from its layers "
+                    "(embeddings and attention need real inputs); pass example_input="
+                )
     finally:
         for h in handles:
             h.remove()
