@@ -1,0 +1,640 @@
+"""Emergence on a directed acyclic graph (eq 1), and the layer-level graph of a traced model that
+defines it for networks with skip connections (the paper leaves ResNets to future work).
+
+Eq 1 with H = the active nodes: E = sum over inactive x and active y of the number of directed
+paths x -> y. On a fully connected layered chain this is eq 2 (:func:`layered_emergence`).
+
+A :class:`LayerGraph` groups nodes by layer: each graph node is a set of ``width`` network nodes
+(units of a Linear output, channels of a Conv output, read after the nonlinearity that follows).
+A ``"full"`` edge connects every node of the source to every node of the target (data flowing
+through a weight layer); an ``"identity"`` edge connects node k of the source to node k of the
+target, for k below both widths (a parameter-free skip connection: identity, pooling,
+normalization, zero-padded channels). See docs/emergence.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import operator
+import warnings
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+from torch import fx, nn
+
+from emergeinit.emergence import Number, _logaddexp, _to_number
+from emergeinit.layers import WeightLayer, find_weight_layers
+
+__all__ = ["graph_emergence", "LayerGraph", "LayerNode", "LayerEdge", "layer_graph"]
+
+
+# ---------------------------------------------------------------------------------- eq 1 on a DAG
+
+def _edges(adjacency: Any) -> Tuple[int, List[Tuple[int, int]]]:
+    """Node count and edge list of a 0/1 matrix: numpy, torch (dense or sparse), scipy.sparse."""
+    if hasattr(adjacency, "tocoo") and not isinstance(adjacency, torch.Tensor):  # scipy.sparse
+        coo = adjacency.tocoo()
+        shape = tuple(coo.shape)
+        entries: Dict[Tuple[int, int], float] = {}
+        for r, c, v in zip(coo.row.tolist(), coo.col.tolist(), coo.data.tolist()):
+            entries[(r, c)] = entries.get((r, c), 0) + v  # unsummed duplicates add up
+        values = [(r, c, v) for (r, c), v in entries.items()]
+    else:
+        t = adjacency if isinstance(adjacency, torch.Tensor) else torch.as_tensor(adjacency)
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        shape = tuple(t.shape)
+        values = []
+        if len(shape) == 2:
+            if t.is_floating_point() and bool(torch.isnan(t).any()):
+                raise ValueError(f"adjacency has NaN at {torch.isnan(t).nonzero()[0].tolist()}")
+            nz = t.nonzero()
+            values = list(zip(nz[:, 0].tolist(), nz[:, 1].tolist(), t[nz[:, 0], nz[:, 1]].tolist()))
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"adjacency must be a square N x N matrix, got shape {shape}")
+    edges = []
+    for r, c, v in values:
+        if v != v:
+            raise ValueError(f"adjacency has NaN at [{r}, {c}]")
+        if v == 0:
+            continue
+        if v != 1:
+            raise ValueError(f"adjacency must be a 0/1 matrix, found {v} at [{r}, {c}]")
+        edges.append((int(r), int(c)))
+    return int(shape[0]), edges
+
+
+def _active_mask(active: Any, count: int) -> List[bool]:
+    values = active.tolist() if hasattr(active, "tolist") else list(active)
+    if len(values) != count:
+        raise ValueError(f"active has {len(values)} entries, the graph has {count} nodes")
+    mask = []
+    for i, v in enumerate(values):
+        if v != v:
+            raise ValueError(f"active[{i}] is NaN")
+        if v not in (0, 1):
+            raise ValueError(f"active must be a bool (0/1) vector, found {v!r} at {i}")
+        mask.append(bool(v))
+    return mask
+
+
+def _topological_order(count: int, edges: Sequence[Tuple[int, int]]) -> List[int]:
+    """Kahn's algorithm; a cycle (self-loops included) is a ValueError naming a node on it."""
+    indegree = [0] * count
+    out: List[List[int]] = [[] for _ in range(count)]
+    for u, v in edges:
+        out[u].append(v)
+        indegree[v] += 1
+    ready = [u for u in range(count) if indegree[u] == 0]
+    order: List[int] = []
+    while ready:
+        u = ready.pop()
+        order.append(u)
+        for v in out[u]:
+            indegree[v] -= 1
+            if indegree[v] == 0:
+                ready.append(v)
+    if len(order) != count:
+        stuck = next(u for u in range(count) if indegree[u] > 0)
+        raise ValueError(f"adjacency has a cycle (through node {stuck}): emergence is defined on DAGs only")
+    return order
+
+
+def graph_emergence(adjacency: Any, active: Any, *, log: bool = False) -> Number:
+    """Eq 1 on an explicit DAG: the number of directed paths from inactive to active nodes.
+
+    ``adjacency`` is an N x N 0/1 matrix (numpy, torch dense or sparse, scipy.sparse) with the
+    edge i -> j at ``[i, j]``; ``active`` a length-N bool vector. Returns the exact Python int, or
+    with ``log=True`` its natural log computed in log space (0 paths gives ``-inf``). A cycle is a
+    ValueError. One pass in topological order: S[v] = sum over edges u -> v of (S[u] + [u inactive])
+    counts the paths from inactive nodes into v, and E = sum of S over active nodes.
+    """
+    count, edges = _edges(adjacency)
+    mask = _active_mask(active, count)
+    order = _topological_order(count, edges)
+    out: List[List[int]] = [[] for _ in range(count)]
+    for u, v in edges:
+        out[u].append(v)
+    if log:
+        ls = [-math.inf] * count
+        for u in order:
+            carry = _logaddexp(ls[u], -math.inf if mask[u] else 0.0)
+            for v in out[u]:
+                ls[v] = _logaddexp(ls[v], carry)
+        total = -math.inf
+        for v in range(count):
+            if mask[v]:
+                total = _logaddexp(total, ls[v])
+        return total
+    s = [0] * count
+    for u in order:
+        carry = s[u] + (0 if mask[u] else 1)
+        if carry:
+            for v in out[u]:
+                s[v] += carry
+    return sum(s[v] for v in range(count) if mask[v])
+
+
+# -------------------------------------------------------------------------------- the layer graph
+
+@dataclass(frozen=True)
+class LayerNode:
+    """A set of ``width`` network nodes: the output of one or more weight layers (or the input)."""
+
+    name: str
+    width: int
+    layers: Tuple[str, ...] = ()  # keys of the weight layers whose outputs these nodes are
+    kind: str = "linear"  # "linear" (units on the last dim) | "conv" (channels, dim 1) | "input"
+
+
+@dataclass(frozen=True)
+class LayerEdge:
+    """``full``: every source node feeds every target node; ``identity``: node k feeds node k."""
+
+    src: int
+    dst: int
+    kind: str = "full"
+
+
+def _lcm(a: int, b: int) -> int:
+    return a // math.gcd(a, b) * b
+
+
+@dataclass(frozen=True)
+class LayerGraph:
+    """Layer-level DAG: ``nodes`` in a topological order (execution order), ``edges`` between them."""
+
+    nodes: Tuple[LayerNode, ...]
+    edges: Tuple[LayerEdge, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        seen = set()
+        for e in self.edges:
+            if e.kind not in ("full", "identity"):
+                raise ValueError(f"edge kind must be 'full' or 'identity', got {e.kind!r}")
+            if not (0 <= e.src < e.dst < len(self.nodes)):
+                raise ValueError(f"edge {e.src} -> {e.dst} does not go forward between nodes 0..{len(self.nodes) - 1}")
+            if (e.src, e.dst) in seen:
+                raise ValueError(f"edge {e.src} -> {e.dst} appears twice")
+            seen.add((e.src, e.dst))
+
+    @classmethod
+    def chain(cls, widths: Sequence[int], names: Optional[Sequence[str]] = None) -> "LayerGraph":
+        """A plain feed-forward chain: node i fully connected to node i + 1."""
+        names = list(names) if names is not None else [str(i) for i in range(len(widths))]
+        nodes = tuple(LayerNode(n, int(w)) for n, w in zip(names, widths))
+        return cls(nodes, tuple(LayerEdge(i, i + 1) for i in range(len(nodes) - 1)))
+
+    @property
+    def widths(self) -> List[int]:
+        return [n.width for n in self.nodes]
+
+    @property
+    def names(self) -> List[str]:
+        return [n.name for n in self.nodes]
+
+    def is_chain(self) -> bool:
+        """True when the edges are exactly the full edges i -> i + 1 (eq 2 applies as is)."""
+        want = {(i, i + 1) for i in range(len(self.nodes) - 1)}
+        return all(e.kind == "full" for e in self.edges) and {(e.src, e.dst) for e in self.edges} == want
+
+    def node_adjacency(self) -> torch.Tensor:
+        """The network-node DAG these layers stand for, as a dense N x N uint8 matrix (small nets)."""
+        starts = [0]
+        for n in self.nodes:
+            starts.append(starts[-1] + n.width)
+        adj = torch.zeros(starts[-1], starts[-1], dtype=torch.uint8)
+        for e in self.edges:
+            s, d = starts[e.src], starts[e.dst]
+            if e.kind == "full":
+                adj[s:s + self.nodes[e.src].width, d:d + self.nodes[e.dst].width] = 1
+            else:
+                k = torch.arange(min(self.nodes[e.src].width, self.nodes[e.dst].width))
+                adj[s + k, d + k] = 1
+        return adj
+
+    def emergence(self, active: Sequence[Any], *, log: bool = False) -> Number:
+        """E of the network-node DAG (eq 1), one entry of ``active`` per layer node.
+
+        An entry is a count a_i (int or float, 0 <= a_i <= width), or a per-node sequence of
+        activity weights in [0, 1] (bools, or the fraction of samples in which each node was
+        active). A count on a node that an identity edge touches is spread evenly over its nodes.
+        Exact: the int when the weights are ints (or the graph's edges are all full and the
+        counts ints), else the float nearest the exact rational value (inf past float range);
+        ``log=True`` gives the natural log of that exact value, finite at any depth.
+        """
+        total, denom, whole = self._scaled_emergence(active)
+        if log:
+            return math.log(total) - 2 * math.log(denom) if total > 0 else -math.inf
+        return _to_number(Fraction(total, denom * denom), as_float=not whole)
+
+    def _scaled_emergence(self, active: Sequence[Any]) -> Tuple[int, int, bool]:
+        """(E * D**2, D, all inputs ints): E in integer arithmetic after scaling every activity
+        weight by D."""
+        if len(active) != len(self.nodes):
+            raise ValueError(f"active has {len(active)} entries, the graph has {len(self.nodes)} nodes")
+        touched = {e.src for e in self.edges if e.kind == "identity"}
+        touched |= {e.dst for e in self.edges if e.kind == "identity"}
+        whole = True
+        counts: List[Fraction] = []
+        per_node: List[Optional[List[Fraction]]] = []
+        for i, (node, value) in enumerate(zip(self.nodes, active)):
+            if hasattr(value, "tolist"):
+                value = value.tolist()
+            if isinstance(value, (list, tuple)):
+                if len(value) != node.width:
+                    raise ValueError(f"active[{i}] has {len(value)} weights, node {node.name!r} has width {node.width}")
+                weights = [_weight(v, f"active[{i}][{k}]") for k, v in enumerate(value)]
+                whole = whole and all(isinstance(v, numbers.Integral) for v in value)
+                counts.append(sum(weights, Fraction(0)))
+                per_node.append(weights)
+            else:
+                a = _weight(value, f"active[{i}]", upper=node.width)
+                whole = whole and isinstance(value, numbers.Integral)
+                counts.append(a)
+                per_node.append([a / node.width] * node.width if i in touched and node.width else None)
+        denom = 1
+        for c, p in zip(counts, per_node):
+            denom = _lcm(denom, c.denominator)
+            for w in p or ():
+                denom = _lcm(denom, w.denominator)
+        act = [int(c * denom) for c in counts]
+        inact = [n.width * denom - a for n, a in zip(self.nodes, act)]
+        p_act = [[int(w * denom) for w in p] if p is not None else None for p in per_node]
+        incoming: List[List[LayerEdge]] = [[] for _ in self.nodes]
+        for e in self.edges:
+            incoming[e.dst].append(e)
+        uniform: List[int] = []  # paths (times D) from inactive nodes into each node, shared part
+        extra: List[Optional[List[int]]] = []  # plus a per-node part from identity edges
+        total = 0
+        for g, node in enumerate(self.nodes):
+            c = 0
+            d: Optional[List[int]] = None
+            for e in incoming[g]:
+                u = e.src
+                if e.kind == "full":
+                    c += self.nodes[u].width * uniform[u] + sum(extra[u] or ()) + inact[u]
+                else:
+                    if d is None:
+                        d = [0] * node.width
+                    pu = p_act[u]
+                    du = extra[u]
+                    for k in range(min(node.width, self.nodes[u].width)):
+                        q = denom - pu[k]  # type: ignore[index]
+                        d[k] += uniform[u] + (du[k] if du else 0) + q
+            uniform.append(c)
+            extra.append(d)
+            total += c * act[g]
+            if d is not None:
+                pg = p_act[g]
+                total += sum(w * x for w, x in zip(pg, d))  # type: ignore[arg-type]
+        return total, denom, whole
+
+
+def _weight(value: Any, what: str, upper: int = 1) -> Fraction:
+    """An activity in [0, upper] as the exact Fraction it stands for."""
+    if isinstance(value, bool):
+        return Fraction(int(value))
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if math.isnan(f):
+        raise ValueError(f"{what} is NaN")
+    if not 0 <= f <= upper:
+        raise ValueError(f"{what} = {value} is outside [0, {upper}]")
+    return Fraction(int(value)) if isinstance(value, numbers.Integral) else Fraction(f)
+
+
+# ----------------------------------------------------------------- tracing a model into the graph
+
+_WEIGHT_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+_PASS_MODULES: Tuple[type, ...] = tuple(
+    t for t in (
+        getattr(nn, name, None) for name in (
+            "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
+            "Mish", "Sigmoid", "Tanh", "Hardtanh", "Hardswish", "Hardsigmoid", "Softplus",
+            "Softsign", "Tanhshrink", "Threshold", "LogSigmoid", "Hardshrink", "Softshrink",
+            "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+            "FeatureAlphaDropout", "LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm",
+        )
+    ) if t is not None
+) + (nn.modules.batchnorm._NormBase,)  # BatchNorm*, InstanceNorm*
+_PASS_NAMES = {
+    "relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu",
+    "mish", "sigmoid", "tanh", "hardtanh", "hardswish", "hardsigmoid", "softplus", "softsign",
+    "tanhshrink", "threshold", "logsigmoid", "hardshrink", "softshrink", "dropout", "dropout1d",
+    "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "batch_norm",
+    "layer_norm", "group_norm", "instance_norm", "rms_norm", "clamp", "clip", "clamp_min",
+    "clamp_max", "add", "sub", "mul", "div", "true_divide", "truediv", "neg", "contiguous",
+}
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+_MIXING_NAMES = {
+    "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum",
+    "scaled_dot_product_attention", "multi_head_attention_forward", "embedding",
+}
+_METADATA_METHODS = {"size", "dim", "numel", "type", "get_device", "element_size", "nelement"}
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", "")
+
+
+def _base_name(node: fx.Node) -> str:
+    """``relu_`` -> ``relu``, ``__add__`` -> ``add``, ``iadd`` -> ``add``."""
+    name = _target_name(node).strip("_")
+    if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
+        name = name[1:]
+    return name
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    """Users that read a shape or a dtype, not the values."""
+    if node.op == "call_method" and node.target in _METADATA_METHODS:
+        return True
+    return node.op == "call_function" and node.target in (getattr, len)
+
+
+def _is_pass(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """Elementwise or normalization ops: a layer's nodes are read after a run of them."""
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _PASS_MODULES)
+    if node.op in ("call_function", "call_method"):
+        return _base_name(node) in _PASS_NAMES
+    return False
+
+
+def _is_inplace(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(modules.get(str(node.target)), "inplace", False))
+    if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
+        return True
+    name = _target_name(node)
+    if node.op in ("call_function", "call_method") and name.endswith("_") and not name.endswith("__"):
+        return True
+    if node.op == "call_function" and callable(node.target):
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            return node.kwargs.get("inplace") is True
+        return bound.arguments.get("inplace") is True
+    return False
+
+
+def _is_mixing(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """Ops that connect every input node to every output node (weights, attention)."""
+    if node.op == "call_module":
+        m = modules.get(str(node.target))
+        return m is not None and any(  # parameters outside normalization layers: weights
+            True for sub in m.modules() if not isinstance(sub, _PASS_MODULES)
+            for _ in sub.parameters(recurse=False)
+        )
+    if node.op in ("call_function", "call_method"):
+        return _base_name(node) in _MIXING_NAMES
+    return False
+
+
+class _Tracer(fx.Tracer):
+    """Traces into every module that holds a weight layer; everything else is one opaque call
+    (parameter-free helpers such as padded shortcuts need not be traceable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._holds: Dict[int, bool] = {}
+
+    def _holds_weights(self, m: nn.Module) -> bool:
+        key = id(m)
+        if key not in self._holds:
+            self._holds[key] = any(
+                isinstance(x, _WEIGHT_MODULES + (nn.MultiheadAttention,)) for x in m.modules()
+            )
+        return self._holds[key]
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, _WEIGHT_MODULES + (nn.MultiheadAttention,)):
+            return True
+        return not self._holds_weights(m)
+
+
+@dataclass
+class _Group:
+    """One layer node of the traced graph: the fx value its network nodes are read from."""
+
+    read: fx.Node  # the value holding the nodes (after the elementwise run)
+    members: List[fx.Node]  # weight-layer calls whose output these nodes are
+    layers: List[WeightLayer]
+    kind: str  # "linear" | "conv"
+    width: int
+    names: List[str] = field(default_factory=list)
+    before: Optional[fx.Node] = None  # input group: read the value as this call receives it
+
+
+@dataclass
+class _Traced:
+    module: fx.GraphModule
+    groups: List[_Group]
+    graph: LayerGraph
+    skipped: List[str]
+
+
+def _in_nodes(layer: WeightLayer) -> int:
+    """Nodes a weight layer reads: in_features of a Linear, input channels of a Conv."""
+    w = layer.weight
+    if isinstance(layer.module, nn.modules.conv._ConvTransposeNd):
+        return int(w.shape[0])
+    if layer.kind == "conv":
+        return int(w.shape[1]) * int(getattr(layer.module, "groups", 1))
+    return int(w.shape[1])
+
+
+def _follow(start: fx.Node, pos: Dict[fx.Node, int], modules: Dict[str, nn.Module]) -> Tuple[fx.Node, List[fx.Node]]:
+    """From a weight-layer call, walk the run of elementwise ops that only it feeds; returns the
+    node to read after, and every node on the run (in-place ops on the value included)."""
+    chain = [start]
+    node = start
+    while True:
+        aliases = [node]
+        grew = True
+        while grew:  # in-place elementwise ops on the value, when nothing else read it before them
+            grew = False
+            users = [u for a in aliases for u in a.users if u not in aliases and not _is_metadata(u)]
+            for u in sorted(set(users), key=pos.__getitem__):
+                if _is_inplace(u, modules) and _is_pass(u, modules) and u.args and u.args[0] in aliases:
+                    if all(pos[o] > pos[u] for o in users if o is not u):
+                        aliases.append(u)
+                        grew = True
+                break  # only the earliest user may extend the alias set
+        chain.extend(aliases[1:])
+        read = max(aliases, key=pos.__getitem__)
+        others = {u for a in aliases for u in a.users if u not in aliases and not _is_metadata(u)}
+        if len(others) == 1:
+            (nxt,) = others
+            if _is_pass(nxt, modules):
+                node = nxt
+                chain.append(nxt)
+                continue
+        return read, chain
+
+
+def _trace_groups(model: nn.Module, *, include_input: bool = False, include_output: bool = True) -> _Traced:
+    """Trace ``model`` with torch.fx and find its layer nodes and the edges between them."""
+    tracer = _Tracer()
+    fx_graph = tracer.trace(model)
+    gm = fx.GraphModule(tracer.root, fx_graph, type(model).__name__)
+    modules = dict(gm.named_modules())
+    layers = find_weight_layers(model, order="registration")
+    by_module: Dict[int, WeightLayer] = {}
+    for layer in layers:
+        if layer.kind in ("linear", "conv"):
+            by_module[id(layer.module)] = layer
+            for alias in layer.aliases:
+                by_module[id(model.get_submodule(alias))] = layer
+    nodes = list(fx_graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    calls = [
+        n for n in nodes
+        if n.op == "call_module" and id(modules.get(str(n.target))) in by_module
+        and not isinstance(modules.get(str(n.target)), nn.MultiheadAttention)
+    ]
+    # group the calls by the value their run of elementwise ops ends at
+    groups_by_read: Dict[fx.Node, _Group] = {}
+    owner: Dict[fx.Node, fx.Node] = {}  # every node on a run -> its read node
+    uses: Dict[str, int] = {}
+    for call in calls:
+        layer = by_module[id(modules[str(call.target)])]
+        read, chain = _follow(call, pos, modules)
+        for c in chain:
+            owner.setdefault(c, read)
+        uses[layer.key] = uses.get(layer.key, 0) + 1
+        name = str(call.target) if uses[layer.key] == 1 else f"{call.target}#{uses[layer.key]}"
+        g = groups_by_read.get(read)
+        if g is None:
+            g = groups_by_read[read] = _Group(read, [], [], layer.kind, layer.out_nodes)
+        g.members.append(call)
+        g.layers.append(layer)
+        g.names.append(name)
+    groups = sorted(groups_by_read.values(), key=lambda g: pos[g.read])
+    index = {g.read: i for i, g in enumerate(groups)}
+    INPUT = -1
+
+    def sources(start: fx.Node) -> Dict[int, bool]:
+        """Layer nodes (or INPUT) that feed ``start`` without crossing another weight layer;
+        value True when the way crosses a mixing op (attention, functional linear)."""
+        found: Dict[int, bool] = {}
+        stack = [(start, False)]
+        visited: Set[Tuple[fx.Node, bool]] = set()
+        while stack:
+            node, mixed = stack.pop()
+            if (node, mixed) in visited:
+                continue
+            visited.add((node, mixed))
+            if node in owner:
+                g = index[owner[node]]
+                found[g] = found.get(g, False) or mixed
+                continue
+            if node.op == "placeholder":
+                found[INPUT] = found.get(INPUT, False) or mixed
+                continue
+            if node.op in ("get_attr", "output"):
+                continue
+            m = mixed or _is_mixing(node, modules)
+            stack.extend((a, m) for a in node.all_input_nodes)
+        return found
+
+    edges: Dict[Tuple[int, int], str] = {}
+    input_call: Optional[fx.Node] = None
+
+    def add_edge(src: int, dst: int, kind: str) -> None:
+        if src == dst:
+            return
+        if edges.get((src, dst)) != "full":
+            edges[(src, dst)] = kind
+
+    for gi, g in enumerate(groups):
+        chain_nodes = [n for n, r in owner.items() if r is g.read]
+        for call in g.members:
+            arg = call.args[0] if call.args else None
+            if isinstance(arg, fx.Node):
+                for src in sources(arg):
+                    if src == INPUT and (input_call is None or pos[call] < pos[input_call]):
+                        input_call = call
+                    add_edge(src, gi, "full")
+        for n in chain_nodes:  # skip connections merging into the run (residual adds)
+            if n in g.members:
+                continue
+            for arg in n.all_input_nodes:
+                if owner.get(arg) is g.read or arg.op == "get_attr":
+                    continue
+                for src, mixed in sources(arg).items():
+                    add_edge(src, gi, "full" if mixed else "identity")
+    # which layer nodes the graph keeps
+    has_out = {s for (s, d) in edges if s != INPUT}
+    keep = [gi for gi in range(len(groups)) if include_output or gi in has_out]
+    final: List[_Group] = []
+    lnodes: List[LayerNode] = []
+    remap: Dict[int, int] = {}
+    if include_input and input_call is not None:
+        layer = by_module[id(modules[str(input_call.target)])]
+        arg = input_call.args[0]
+        assert isinstance(arg, fx.Node)
+        final.append(_Group(arg, [], [], layer.kind, _in_nodes(layer), ["input"], before=input_call))
+        lnodes.append(LayerNode("input", _in_nodes(layer), (), "input"))
+        remap[INPUT] = 0
+    for gi in keep:
+        g = groups[gi]
+        remap[gi] = len(lnodes)
+        final.append(g)
+        lnodes.append(LayerNode("+".join(g.names), g.width, tuple(l.key for l in g.layers), g.kind))
+    ledges = sorted(
+        (LayerEdge(remap[s], remap[d], k) for (s, d), k in edges.items() if s in remap and d in remap),
+        key=lambda e: (e.dst, e.src),
+    )
+    probed = {l.key for g in groups for l in g.layers}
+    skipped = [l.key for l in layers if l.key not in probed]
+    return _Traced(gm, final, LayerGraph(tuple(lnodes), tuple(ledges)), skipped)
+
+
+def _chain_from_layers(layers: Sequence[WeightLayer], *, include_input: bool, include_output: bool) -> LayerGraph:
+    """The fallback graph: the probed layers as a plain chain, in execution order."""
+    nodes = [LayerNode(l.name, l.out_nodes, (l.key,), l.kind) for l in layers if l.kind in ("linear", "conv")]
+    if not include_output and nodes:
+        nodes = nodes[:-1]
+    if include_input and layers:
+        nodes.insert(0, LayerNode("input", _in_nodes(layers[0]), (), "input"))
+    return LayerGraph(tuple(nodes), tuple(LayerEdge(i, i + 1) for i in range(len(nodes) - 1)))
+
+
+def layer_graph(
+    model: nn.Module,
+    example_input: Any = None,
+    *,
+    include_input: bool = False,
+    include_output: bool = True,
+) -> LayerGraph:
+    """The layer-level DAG of ``model``, traced with torch.fx (no forward pass is run).
+
+    One graph node per set of network nodes a weight layer (Linear, ConvNd) writes, read after the
+    elementwise/normalization ops that follow it; layers whose outputs are summed before that
+    point (a conv shortcut and the residual branch) share one node. Edges through a weight layer
+    are ``full``; parameter-free skip connections are ``identity``. ``include_input`` adds the
+    input of the first layer as node 0; ``include_output=False`` drops the layer nodes nothing
+    reads from (the logits). When fx cannot trace the model, the layers found by running
+    ``example_input`` form a plain chain, with a warning.
+    """
+    try:
+        return _trace_groups(model, include_input=include_input, include_output=include_output).graph
+    except Exception as err:  # noqa: BLE001 - any fx failure falls back
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
+            "using its layers as a plain chain (skip connections not seen)",
+            stacklevel=2,
+        )
+        layers = find_weight_layers(model, example_input)
+        return _chain_from_layers(layers, include_input=include_input, include_output=include_output)
+

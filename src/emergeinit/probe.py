@@ -1,0 +1,421 @@
+"""Measure a model's emergence on data: count active nodes per layer, then E (eq 1/2/12).
+
+A node is a unit of a Linear output or a channel of a Conv output, read after the run of
+elementwise and normalization ops that follows the layer (BN, ReLU as a module, in place, or
+``F.relu`` in ``forward``). The model is traced once with torch.fx and run with cheap reductions
+inserted after those values; when fx cannot trace it, forward hooks on the layers and on the
+activation/normalization modules that follow them do the same (functional activations and skip
+connections are then not seen). See docs/emergence.md for the choices made here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from emergeinit.emergence import Number, exact_pivot, layered_emergence, lemma_pivot
+from emergeinit.graph import _PASS_MODULES, LayerGraph, _in_nodes, _trace_groups, _Traced
+from emergeinit.layers import WeightLayer, find_weight_layers, preserve_state, run_model
+
+__all__ = ["measure_emergence", "EmergenceReport", "LayerActivity", "Pivot", "DEFAULT_THRESHOLD", "MODES"]
+
+DEFAULT_THRESHOLD = 0.05
+"""A node is active when its value exceeds this. Positive on purpose: at 0 with zero biases, a
+positive rescaling of the layers (what the emergence init does) cannot change any activity."""
+
+MODES = ("count", "mean")
+"""How a batch becomes a_i: ``count`` averages over samples the number of nodes above the
+threshold (a float); ``mean`` counts the nodes whose mean over the samples is above it (an int)."""
+
+
+@dataclass(frozen=True)
+class LayerActivity:
+    """One layer's nodes: its name, n_i and a_i."""
+
+    name: str
+    nodes: int
+    active: Number
+
+    @property
+    def inactive(self) -> Number:
+        return self.nodes - self.active
+
+
+@dataclass(frozen=True)
+class Pivot:
+    """0-based indices into ``EmergenceReport.layers`` (-1: no layer qualifies).
+
+    ``lemma``: the largest i of eq 4 (the paper's Delta, path products ignored);
+    ``exact``: the largest i where one active node fewer raises the exact eq-2 E.
+    """
+
+    lemma: int
+    exact: int
+
+
+@dataclass(frozen=True)
+class EmergenceReport:
+    """Per-layer activity and the emergence E of a model on some inputs."""
+
+    layers: Tuple[LayerActivity, ...]
+    value: Number  # exact int in "mean" mode; float in "count" mode (inf past float range)
+    log10: float  # log10 of E, finite at any depth (-inf when E = 0)
+    pivot: Pivot
+    threshold: float
+    mode: str
+    samples: int
+    graph: LayerGraph = field(repr=False)
+    residual: bool = False  # E computed on the layer graph (skip connections) rather than eq 2
+    skipped: Tuple[str, ...] = ()  # weight layers not probed (attention inside MultiheadAttention)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able dict (``value`` is None when it exceeds the float range; see ``log10``)."""
+        finite = isinstance(self.value, int) or math.isfinite(self.value)
+        names = [l.name for l in self.layers]
+        return {
+            "layers": [{"name": l.name, "nodes": l.nodes, "active": l.active} for l in self.layers],
+            "value": self.value if finite else None,
+            "log10": self.log10 if math.isfinite(self.log10) else None,
+            "pivot": {
+                "lemma": self.pivot.lemma,
+                "lemma_layer": names[self.pivot.lemma] if self.pivot.lemma >= 0 else None,
+                "exact": self.pivot.exact,
+                "exact_layer": names[self.pivot.exact] if self.pivot.exact >= 0 else None,
+            },
+            "threshold": self.threshold,
+            "mode": self.mode,
+            "samples": self.samples,
+            "residual": self.residual,
+            "edges": [[e.src, e.dst, e.kind] for e in self.graph.edges],
+            "skipped": list(self.skipped),
+        }
+
+    def __str__(self) -> str:
+        width = max([len(l.name) for l in self.layers] + [5])
+        lines = [f"{'#':>3}  {'layer':<{width}}  {'nodes':>7}  {'active':>9}  {'inactive':>9}  pivot"]
+        for i, l in enumerate(self.layers):
+            marks = [m for m, p in (("lemma", self.pivot.lemma), ("exact", self.pivot.exact)) if p == i]
+            lines.append(
+                f"{i:>3}  {l.name:<{width}}  {l.nodes:>7}  {_fmt(l.active):>9}  "
+                f"{_fmt(l.inactive):>9}  {'+'.join(marks)}"
+            )
+        how = "layer graph (skip connections)" if self.residual else "eq 2 (chain)"
+        lines.append(
+            f"E = {_fmt_big(self.value, self.log10)}  (log10 E = {self.log10:.3f}) via {how}; "
+            f"threshold {self.threshold:g}, mode {self.mode}, {self.samples} samples"
+        )
+        if self.skipped:
+            lines.append(f"not probed: {', '.join(self.skipped)}")
+        return "\n".join(lines)
+
+
+def _fmt(x: Number) -> str:
+    return str(x) if isinstance(x, int) else f"{x:.2f}"
+
+
+def _fmt_big(value: Number, log10: float) -> str:
+    if log10 == -math.inf:
+        return "0"
+    if isinstance(value, int) and value < 10**15:
+        return str(value)
+    exp = math.floor(log10)
+    return f"{10 ** (log10 - exp):.4f}e+{exp}"
+
+
+# ------------------------------------------------------------------------------------- counting
+
+def _node_sums(x: Any, kind: str, width: int, name: str) -> Tuple[torch.Tensor, int]:
+    """A (rows, width) tensor of a layer's node values and the count each one sums: conv
+    channels summed over space per sample (divided later, so one op per layer during the
+    forward); Linear units copied with every leading dim (batch, tokens) as a row."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"layer {name!r}: expected a tensor, got {type(x).__name__}")
+    x = x.detach()
+    if kind == "conv":
+        if x.dim() < 2 or x.shape[1] != width:
+            raise ValueError(f"layer {name!r}: expected {width} channels on dim 1, got shape {tuple(x.shape)}")
+        if x.dim() == 2:
+            return x.float() if x.dtype != torch.float32 else x.clone(), 1
+        dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
+        return x.sum(dim=tuple(range(2, x.dim())), dtype=dtype), int(x[0, 0].numel())
+    if x.dim() < 1 or x.shape[-1] != width:
+        raise ValueError(f"layer {name!r}: expected {width} units on the last dim, got shape {tuple(x.shape)}")
+    v = x.reshape(-1, width)
+    return (v.float() if v.dtype != torch.float32 else v.clone()), 1
+
+
+@dataclass
+class _Tally:
+    """One layer node's running totals: rows above the threshold and value sums, per node."""
+
+    name: str
+    kind: str
+    width: int
+    above: Optional[torch.Tensor] = None
+    total: Optional[torch.Tensor] = None  # sum over rows of the node values (float64)
+    rows: int = 0
+
+
+class _Counts:
+    """Tallies for all layers. Values taken during a forward wait in ``pending``; ``flush`` then
+    thresholds and sums them for all layers at once (few large ops rather than many small
+    ones: on a busy CPU each op pays a thread-pool round trip)."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.tallies: List[_Tally] = []
+        self.pending: Dict[int, Tuple[torch.Tensor, int]] = {}
+
+    def add_layer(self, name: str, kind: str, width: int) -> int:
+        self.tallies.append(_Tally(name, kind, width))
+        return len(self.tallies) - 1
+
+    def record(self, index: int, x: Any) -> None:
+        t = self.tallies[index]
+        self.pending[index] = _node_sums(x, t.kind, t.width, t.name)
+
+    def flush(self) -> None:
+        groups: Dict[Tuple[int, torch.dtype, torch.device], List[int]] = {}
+        for i, (v, _) in self.pending.items():
+            groups.setdefault((v.shape[0], v.dtype, v.device), []).append(i)
+        for (rows, dtype, device), idx in groups.items():
+            values = torch.cat([self.pending[i][0] for i in idx], dim=1)
+            sizes = [self.pending[i][1] for i in idx]
+            widths = [self.tallies[i].width for i in idx]
+            cut = torch.tensor([self.threshold * s for s, w in zip(sizes, widths) for _ in range(w)],
+                               dtype=dtype, device=device)
+            above = (values > cut).sum(0).cpu()
+            total = values.sum(0, dtype=torch.float64).cpu()
+            for i, size, a, t in zip(idx, sizes, above.split(widths), total.split(widths)):
+                tally = self.tallies[i]
+                t = t / size
+                if tally.above is None:
+                    tally.above, tally.total = a, t
+                else:
+                    tally.above = tally.above + a
+                    tally.total = tally.total + t  # type: ignore[operator]
+                tally.rows += rows
+        self.pending.clear()
+
+
+class _Tap(nn.Module):
+    """Inserted into the traced graph after a layer's value: hands it to the tallies."""
+
+    def __init__(self, counts: _Counts, index: int):
+        super().__init__()
+        self.counts, self.index = counts, index
+
+    def forward(self, x: Any) -> None:
+        self.counts.record(self.index, x)
+
+
+def _batches(inputs: Any) -> Iterator[Any]:
+    if isinstance(inputs, (torch.Tensor, dict)):
+        yield inputs
+        return
+    if not hasattr(inputs, "__iter__"):
+        raise ValueError(f"inputs must be a tensor or an iterable of batches, got {type(inputs).__name__}")
+    yield from inputs
+
+
+def _model_input(batch: Any, device: Optional[torch.device]) -> Any:
+    """A tensor, a dict of keywords, or an (inputs, targets, ...) tuple: its first item."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("an empty batch")
+        batch = batch[0]
+    move = (lambda t: t.to(device, non_blocking=True)) if device is not None else (lambda t: t)
+    if isinstance(batch, torch.Tensor):
+        return move(batch)
+    if isinstance(batch, dict):
+        return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    raise ValueError(f"a batch must be a tensor, a dict or an (inputs, targets) tuple, got {type(batch).__name__}")
+
+
+def _run(model: nn.Module, inputs: Any, counts: _Counts) -> None:
+    device = next((p.device for p in model.parameters()), None)
+    seen = 0
+    for batch in _batches(inputs):
+        run_model(model, _model_input(batch, device))
+        counts.flush()
+        seen += 1
+    if seen == 0:
+        raise ValueError("inputs yielded no batches")
+
+
+def _count_traced(traced: _Traced, counts: _Counts, inputs: Any) -> Tuple[LayerGraph, List[str]]:
+    """Run the traced module with a tap after each layer's value."""
+    gm, graph = traced.module, traced.module.graph
+    for g, node in zip(traced.groups, traced.graph.nodes):
+        index = counts.add_layer(node.name, g.kind, node.width)
+        target = f"_emergeinit_tap_{index}"
+        gm.add_submodule(target, _Tap(counts, index))
+        where = graph.inserting_before(g.before) if g.before is not None else graph.inserting_after(g.read)
+        with where:
+            graph.call_module(target, (g.read,))
+    gm.recompile()
+    _run(gm, inputs, counts)
+    return traced.graph, traced.skipped
+
+
+def _count_hooked(model: nn.Module, counts: _Counts, inputs: Any, include_input: bool,
+                  include_output: bool) -> Tuple[LayerGraph, List[str]]:
+    """Fallback without fx: read each layer after the activation/normalization modules that
+    consume its output directly (tracked by tensor identity, so in-place modules work)."""
+    all_layers = find_weight_layers(model, order="registration")
+    by_module: Dict[int, WeightLayer] = {}
+    for l in all_layers:
+        if l.kind in ("linear", "conv"):
+            by_module[id(l.module)] = l
+            for alias in l.aliases:
+                by_module[id(model.get_submodule(alias))] = l
+    index: Dict[str, int] = {}  # call name -> tally, in execution order (first batch)
+    layer_of: Dict[str, WeightLayer] = {}
+    state: Dict[str, Any] = {"key": None, "last": None, "calls": {}}
+
+    def tally(key: str, kind: str, width: int) -> int:
+        if key not in index:
+            index[key] = counts.add_layer(key, kind, width)
+        return index[key]
+
+    def on_layer(module: nn.Module, args: Any, out: Any) -> None:
+        layer = by_module[id(module)]
+        calls = state["calls"]
+        calls[layer.key] = calls.get(layer.key, 0) + 1
+        key = layer.name if calls[layer.key] == 1 else f"{layer.name}#{calls[layer.key]}"
+        if include_input and args and isinstance(args[0], torch.Tensor) and layer_of.get("input", layer) is layer:
+            layer_of["input"] = layer
+            i = tally("input", layer.kind, _in_nodes(layer))
+            if i not in counts.pending:
+                counts.record(i, args[0])
+        layer_of[key] = layer
+        counts.record(tally(key, layer.kind, layer.out_nodes), out)
+        state["key"], state["last"] = key, out
+
+    def on_pass(module: nn.Module, args: Any, out: Any) -> None:
+        key = state["key"]
+        if key is not None and args and args[0] is state["last"] and isinstance(out, torch.Tensor):
+            counts.record(index[key], out)  # overwrites the value read before this op
+            state["last"] = out
+
+    def done(module: nn.Module, args: Any, out: Any) -> None:
+        state.update(key=None, last=None, calls={})
+
+    handles = []
+    try:
+        for m in model.modules():
+            if id(m) in by_module:
+                handles.append(m.register_forward_hook(on_layer))
+            elif isinstance(m, _PASS_MODULES):
+                handles.append(m.register_forward_hook(on_pass))
+        handles.append(model.register_forward_hook(done))
+        _run(model, inputs, counts)
+    finally:
+        for h in handles:
+            h.remove()
+    keys = [k for k in index if k != "input"]
+    if not include_output and keys:
+        keys = keys[:-1]
+    if "input" in index:
+        keys.insert(0, "input")
+    counts.tallies = [counts.tallies[index[k]] for k in keys]
+    probed = {layer_of[k].key for k in index if k != "input"}
+    skipped = [l.key for l in all_layers if l.key not in probed]
+    return LayerGraph.chain([counts.tallies[i].width for i in range(len(keys))], keys), skipped
+
+
+def measure_emergence(
+    model: nn.Module,
+    inputs: Union[torch.Tensor, Iterable[Any]],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    mode: str = "count",
+    include_input: bool = False,
+    include_output: bool = True,
+    residual: Optional[bool] = None,
+    training: bool = False,
+) -> EmergenceReport:
+    """The emergence E of ``model`` on ``inputs`` (a tensor, or an iterable of batches whose
+    counts accumulate; a batch may be a tensor, a dict of keywords, or an (inputs, targets) pair).
+
+    Nodes: the units of every Linear output and the channels of every Conv output (a channel's
+    value for a sample is its spatial mean), read after the elementwise/normalization ops that
+    follow; active when the value exceeds ``threshold``. ``mode="count"``: a_i is the average
+    number of active nodes per sample; ``mode="mean"``: the number of nodes whose mean over all
+    samples exceeds the threshold. Layers: every probed weight layer, logits included
+    (``include_output``); the first layer's input only with ``include_input``. When the model has
+    skip connections E is computed on its layer graph (:func:`layer_graph`), else by eq 2;
+    ``residual=False``/``True`` forces one. Runs under ``torch.no_grad`` in eval mode
+    (``training=True`` for train mode); modes, buffers (BN statistics) and requires_grad are left
+    as they were, and no hook stays behind, even when ``forward`` raises.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN")
+    with preserve_state(model), torch.no_grad():
+        model.train(training)  # before tracing: a forward may branch on self.training
+        try:
+            traced: Optional[_Traced] = _trace_groups(
+                model, include_input=include_input, include_output=include_output
+            )
+        except Exception as err:  # noqa: BLE001 - any fx failure falls back to hooks
+            traced = None
+            warnings.warn(
+                f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
+                "measuring with forward hooks: functional activations and skip connections are not seen",
+                stacklevel=2,
+            )
+        counts = _Counts(threshold)
+        if traced is not None:
+            graph, skipped = _count_traced(traced, counts, inputs)
+        else:
+            graph, skipped = _count_hooked(model, counts, inputs, include_input, include_output)
+    return _report(counts.tallies, graph, skipped, threshold, mode, residual)
+
+
+def _report(counters: List[_Tally], graph: LayerGraph, skipped: List[str], threshold: float,
+            mode: str, residual: Optional[bool]) -> EmergenceReport:
+    if not counters:
+        raise ValueError("no layer to measure: the model has no Linear or Conv layer its forward uses")
+    layers: List[LayerActivity] = []
+    weights: List[List[Any]] = []
+    for c in counters:
+        if c.rows == 0 or c.above is None or c.total is None:
+            raise ValueError(f"layer {c.name!r} never ran on the inputs")
+        if mode == "count":
+            above = c.above.tolist()
+            weights.append([Fraction(k, c.rows) for k in above])
+            layers.append(LayerActivity(c.name, c.width, sum(above) / c.rows))
+        else:
+            mask = (c.total / c.rows > threshold).tolist()
+            weights.append(mask)
+            layers.append(LayerActivity(c.name, c.width, int(sum(mask))))
+    widths = [l.nodes for l in layers]
+    actives = [l.active for l in layers]
+    use_graph = (not graph.is_chain()) if residual is None else residual
+    if use_graph:
+        value = graph.emergence(weights)
+        log_e = graph.emergence(weights, log=True)
+    else:
+        value = layered_emergence(widths, actives)
+        log_e = layered_emergence(widths, actives, log=True)
+    return EmergenceReport(
+        layers=tuple(layers),
+        value=value,
+        log10=log_e / math.log(10) if log_e != -math.inf else -math.inf,
+        pivot=Pivot(lemma_pivot(widths, actives), exact_pivot(widths, actives)),
+        threshold=threshold,
+        mode=mode,
+        samples=counters[0].rows,
+        graph=graph,
+        residual=use_graph,
+        skipped=tuple(skipped),
+    )
