@@ -1,0 +1,135 @@
+"""Layer-wise learning rates (the paper's "On learning rates"): η_l ∝ 1/sqrt(E‖∇_{x_l} L‖²).
+
+x_l is the input of weight layer l; the gradient is measured once, at initialization, on one
+batch, and the rates are normalized so their geometric mean is ``base_lr``. The result is a list
+of optimizer parameter groups that any ``torch.optim`` optimizer accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from emergeinit.layers import WeightLayer, find_weight_layers, preserve_state, run_model
+
+__all__ = ["layerwise_lr_groups", "input_grad_norms"]
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    for a in list(args) + [kwargs.get(k) for k in ("input", "query", "x")]:
+        if isinstance(a, torch.Tensor):
+            return a
+    return None
+
+
+def input_grad_norms(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    batch: Any,
+    *,
+    layers: Optional[List[WeightLayer]] = None,
+    train: bool = True,
+) -> Dict[str, Optional[float]]:
+    """Weight-layer key -> ‖∇_{x_l} L‖ (summed over calls of a shared module) on one batch, or None
+    where the input was not observed (a layer applied functionally, or an input without gradient).
+
+    ``batch`` is ``(inputs, targets)``; the loss is ``loss_fn(model(inputs), targets)``. The model's
+    parameters, ``.grad`` fields, buffers, modes and the global random state are left as they were.
+    """
+    inputs, targets = batch
+    if layers is None:
+        layers = find_weight_layers(model, inputs)
+    by_module: Dict[int, List[str]] = {}
+    for l in layers:
+        for m in [l.module] + [model.get_submodule(a) for a in l.aliases]:
+            by_module.setdefault(id(m), []).append(l.key)
+    seen: Dict[str, List[torch.Tensor]] = {}
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = _first_tensor(args, kwargs)
+        if x is not None and x.requires_grad:
+            for key in by_module[id(module)]:
+                seen.setdefault(key, []).append(x)
+
+    handles = [
+        m.register_forward_pre_hook(hook, with_kwargs=True)
+        for m in model.modules() if id(m) in by_module
+    ]
+
+    def grad_ready(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return x.detach().requires_grad_(True)
+        if isinstance(x, (tuple, list)):
+            return type(x)(grad_ready(v) for v in x)
+        if isinstance(x, dict):
+            return {k: grad_ready(v) for k, v in x.items()}
+        return x
+
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with preserve_state(model), torch.random.fork_rng(devices=devices), torch.enable_grad():
+            model.train(train)
+            loss = loss_fn(run_model(model, grad_ready(inputs)), targets)
+            flat = [(k, x) for k, xs in seen.items() for x in xs]
+            grads = torch.autograd.grad(loss, [x for _, x in flat], allow_unused=True) if flat else ()
+    finally:
+        for h in handles:
+            h.remove()
+    sq: Dict[str, float] = {}
+    for (key, _), g in zip(flat, grads):
+        if g is not None:
+            sq[key] = sq.get(key, 0.0) + float(g.detach().double().pow(2).sum())
+    return {l.key: (math.sqrt(sq[l.key]) if l.key in sq else None) for l in layers}
+
+
+def layerwise_lr_groups(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    batch: Any,
+    base_lr: float,
+    *,
+    example_input: Any = None,
+    train: bool = True,
+    **group_options: Any,
+) -> List[Dict[str, Any]]:
+    """Optimizer parameter groups with lr_l = base_lr · G / ‖∇_{x_l} L‖ (G: the geometric mean of
+    the norms over the weight layers, so those layers' rates have geometric mean ``base_lr``).
+
+    One group per weight layer (its weight and bias; named ``"name": key``), in execution order,
+    then one ``"other"`` group at ``base_lr`` for every remaining parameter (norms, embeddings).
+    Every parameter is in exactly one group. A layer whose input gradient could not be observed
+    (``nn.MultiheadAttention.out_proj`` runs functionally) or is zero takes the rate of the layer
+    executed before it (or after it, for the first). ``group_options`` (e.g. ``weight_decay``) go into
+    every group. ``batch`` is ``(inputs, targets)``; the model is left unchanged.
+    """
+    if not (isinstance(base_lr, (int, float)) and math.isfinite(base_lr) and base_lr > 0):
+        raise ValueError(f"base_lr must be a positive finite number, got {base_lr!r}")
+    inputs = batch[0]
+    layers = find_weight_layers(model, inputs if example_input is None else example_input)
+    norms = input_grad_norms(model, loss_fn, batch, layers=layers, train=train)
+    inv: Dict[str, float] = {}  # 1/‖∇x_l L‖, unobserved layers copying the layer before
+    last: Optional[float] = None
+    for l in layers:
+        v = norms[l.key]
+        if v is not None and 0 < v < math.inf:
+            last = 1.0 / v
+        inv[l.key] = last  # type: ignore[assignment]
+    first = next((x for x in inv.values() if x is not None), 1.0)
+    inv = {k: (first if x is None else x) for k, x in inv.items()}
+    log_mean = sum(math.log(x) for x in inv.values()) / len(inv)
+    groups: List[Dict[str, Any]] = []
+    assigned: set = set()
+    for l in layers:
+        params = [p for p in (l.weight, l.bias) if p is not None and id(p) not in assigned]
+        assigned.update(id(p) for p in params)
+        if params:
+            lr = base_lr * math.exp(math.log(inv[l.key]) - log_mean)
+            groups.append({"params": params, "lr": lr, "name": l.key,
+                           "grad_norm": norms[l.key], **group_options})
+    rest = [p for p in model.parameters() if id(p) not in assigned]
+    if rest:
+        groups.append({"params": rest, "lr": base_lr, "name": "other", "grad_norm": None, **group_options})
+    return groups
