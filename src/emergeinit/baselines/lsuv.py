@@ -1,0 +1,127 @@
+"""LSUV (Mishkin & Matas, 2015: "All you need is a good init"): layer-sequential unit variance.
+
+Start every weight layer orthonormal (Saxe et al.), then, layer by layer in execution order,
+measure the variance of the layer's output on a batch and divide its weight by the standard
+deviation until the variance is 1 within ``tol`` (the paper's Tol_var = 0.1), at most
+``max_iters`` rescales per layer (T_max = 10). Outputs are read before the nonlinearity (the
+output of the Linear/Conv module). BN layers normalize with batch statistics meanwhile (their
+running statistics are restored). Each measurement is a forward pass stopped right after the
+layer it measures; it is counted as a forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from emergeinit.baselines.data import NonFiniteError, batch_stream, bn_batch_stats_mode, first_nonfinite_layer
+from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
+from emergeinit.layers import WeightLayer, find_weight_layers, preserve_state, run_model
+
+__all__ = ["lsuv_init_", "orthonormal_"]
+
+
+class _Stop(Exception):
+    """Raised by the measuring hook: the rest of the forward pass is not needed."""
+
+
+def orthonormal_(layers: List[WeightLayer]) -> None:
+    """Orthonormal start: each weight, flattened to (out, rest), gets orthonormal rows or columns."""
+    with torch.no_grad():
+        for layer in layers:
+            nn.init.orthogonal_(layer.weight)
+
+
+def _measure(model: nn.Module, module: nn.Module, x: Any) -> torch.Tensor:
+    """Variance of ``module``'s first output on ``x`` (all elements), stopping the pass there."""
+    seen: List[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> None:
+        seen.append(output if isinstance(output, torch.Tensor) else output[0])
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            run_model(model, x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise LookupError("the layer's module was not called")
+    return seen[0].detach().float().var()
+
+
+def lsuv_init_(
+    model: nn.Module,
+    data: Any = None,
+    *,
+    tol: float = 0.1,
+    max_iters: int = 10,
+    target_var: float = 1.0,
+    orthonormal: bool = True,
+) -> InitRecord:
+    """LSUV, in place. Returns the :class:`InitRecord` (details: per layer, the variances it
+    measured and whether it converged).
+
+    ``data``: a batch (``x`` or ``(x, y)``; labels are not used) or an iterable of batches,
+    each measurement taking the next. Attention projections (whose output no module returns)
+    and layers never called get the orthonormal start only; they are listed as skipped.
+    """
+    if max_iters < 0:
+        raise ValueError(f"max_iters must be >= 0, got {max_iters}")
+    options = dict(tol=tol, max_iters=max_iters, target_var=target_var, orthonormal=orthonormal)
+
+    def body(meter: CostMeter) -> Dict[str, Any]:
+        params0 = list(model.parameters())
+        device = params0[0].device if params0 else torch.device("cpu")
+        stream = batch_stream(data, "lsuv", device=device, need_targets=False)
+        x0, _ = next(stream)
+        layers = find_weight_layers(model, x0)  # execution order (one forward pass)
+        t0 = time.perf_counter()
+        if orthonormal:
+            orthonormal_(layers)
+        orthonormal_seconds = time.perf_counter() - t0
+        report: Dict[str, Dict[str, Any]] = {}
+        skipped: List[str] = []
+        with preserve_state(model), bn_batch_stats_mode(model):
+            for layer in layers:
+                if layer.kind == "attention":
+                    skipped.append(layer.key)
+                    continue
+                variances: List[float] = []
+                converged = False
+                for attempt in range(max_iters + 1):
+                    x, _ = next(stream)
+                    try:
+                        var = _measure(model, layer.module, x)
+                    except LookupError:
+                        break
+                    if not bool(torch.isfinite(var)):
+                        bad = first_nonfinite_layer(model, x) or layer.name
+                        raise NonFiniteError(
+                            f"lsuv: output variance of {layer.name!r} is {var.item()} "
+                            f"(first non-finite output: layer {bad!r})"
+                        )
+                    variances.append(float(var))
+                    if abs(float(var) - target_var) < tol:
+                        converged = True
+                        break
+                    if attempt == max_iters or float(var) == 0.0:
+                        break
+                    with torch.no_grad():
+                        layer.weight.mul_(float((target_var / var).sqrt()))
+                if not variances:
+                    skipped.append(layer.key)
+                    continue
+                report[layer.key] = {"variances": variances, "measurements": len(variances),
+                                     "converged": converged}
+        return {"layers": report, "skipped": skipped, "orthonormal_seconds": orthonormal_seconds,
+                "converged": sum(r["converged"] for r in report.values()),
+                "measured": len(report)}
+
+    return run_recorded(model, "lsuv", options, body)
