@@ -1,0 +1,46 @@
+"""``emergeinit compare --config F``: run a grid of configurations, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="grid file (YAML), e.g. configs/table1.yaml")
+    parser.add_argument("--results", help="results file (default results/<config name>.jsonl)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key in every run (dotted for nested), e.g. dataset=fashion-mnist-32")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=PATTERN",
+                        help="only runs whose key matches the pattern, e.g. model='vgg19*'")
+    parser.add_argument("--limit", type=int, help="start at most this many pending runs")
+    parser.add_argument("--max-minutes", type=float,
+                        help="start no new run after this many minutes (time-boxed parts; rerun resumes)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    from emergeinit.bench.grid import apply_sets, filter_configs, load_grid
+    from emergeinit.bench.runner import finished_ids, run_grid, run_id
+    from emergeinit.bench.tasks import resolve_task_config
+
+    results = Path(args.results or Path("results") / (Path(args.config).stem + ".jsonl"))
+    configs = filter_configs(apply_sets(load_grid(args.config), args.set), args.where)
+    if args.dry_run:
+        done = finished_ids(results)
+        for c in configs:
+            rc = resolve_task_config(c)
+            i = run_id(rc)
+            shown = {k: rc[k] for k in ("model", "init", "init_options", "extra_epoch", "seed") if k in rc}
+            print(f"{i} {'done' if i in done else 'todo'} {json.dumps(shown, sort_keys=True)}")
+        return 0
+    counts = run_grid(configs, results, progress=not args.no_progress, limit=args.limit,
+                      stop_after_s=None if args.max_minutes is None else 60 * args.max_minutes)
+    print(f"{counts['total']} runs in the grid: {counts['skipped']} already done, {counts['run']} run now "
+          f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['error']} error) -> {results}")
+    print(f"tables and plots: emergeinit report {results}")
+    return 0 if counts["error"] == 0 else 1

@@ -1,0 +1,73 @@
+"""``emergeinit train``: run one image configuration and append its record to a results file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict
+
+__all__ = ["add_arguments", "main", "config_from_args"]
+
+# flag -> config key (only flags the user gives are set; the protocol supplies the rest)
+_FLAGS = {
+    "protocol": "protocol", "model": "model", "dataset": "dataset", "init": "init",
+    "alpha": "init_options.alpha", "schedule": "init_options.schedule",
+    "scope": "init_options.scope", "base": "init_options.base", "seed": "seed",
+    "epochs": "epochs", "extra_epoch": "extra_epoch", "optimizer": "optimizer", "lr": "lr",
+    "batch_size": "batch_size", "data_dir": "data_dir", "device": "device",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=["table1", "seed"], help="hyperparameter set (default table1)")
+    parser.add_argument("--model", help="mlp, vgg19, vgg19_bn, resnet20[_bn], resnet110[_bn]")
+    parser.add_argument("--dataset", choices=["cifar10", "fashion-mnist", "fashion-mnist-32"])
+    parser.add_argument("--init", help="kaiming, xavier, emergence, metainit, gradinit, lsuv")
+    parser.add_argument("--alpha", type=float, help="emergence: the factor α of eq 8")
+    parser.add_argument("--schedule", choices=["literal", "normalized"], help="emergence: exponent schedule")
+    parser.add_argument("--scope", choices=["global", "blockwise"], help="emergence: over the net or per block")
+    parser.add_argument("--base", help="emergence: base init (kaiming, xavier, none)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int, help="measured epochs (Acc_1 after the first)")
+    parser.add_argument("--extra-epoch", choices=["const", "warmup"], help="one epoch before the measured ones")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--data-dir", help="folder with the dataset files")
+    parser.add_argument("--download", action="store_true", help="fetch a missing dataset (needs internet)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other config key (dotted for nested: init_options.base=xavier)")
+    parser.add_argument("--results", default="results/train.jsonl", help="results file to append to")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run config the flags describe, resolved with the protocol's defaults."""
+    from emergeinit.bench.grid import apply_sets
+    from emergeinit.bench.protocols import resolve_config
+
+    config: Dict[str, Any] = {"task": "image"}
+    for flag, key in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            config[key] = value
+    if args.download:
+        config["download"] = True
+    (config,) = apply_sets([config], args.set)
+    return resolve_config(config)
+
+
+def main(args: argparse.Namespace) -> int:
+    from emergeinit.bench.runner import append_record, execute
+
+    config = config_from_args(args)
+    print(json.dumps(config, indent=1, sort_keys=True))
+    record = execute(config, progress=not args.no_progress)
+    append_record(args.results, record)
+    for e in record["epochs"]:
+        print(f"epoch {e['epoch']} ({e['phase']}): train loss {e['train_loss']}, test acc {e['test_acc']:.2f}%")
+    e = record.get("emergence_at_init") or {}
+    print(f"E at init: log10 {e.get('log10')}; status {record['status']}"
+          + (f" ({record['error']})" if record["error"] else "") + f"; record {record['id']} -> {args.results}")
+    return 0 if record["status"] != "error" else 1

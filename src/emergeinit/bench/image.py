@@ -1,0 +1,295 @@
+"""The image-classification task: one run config in, the task part of a record out.
+
+``run(config)`` loads the dataset onto the device, builds the model, initializes it by name
+through :func:`emergeinit.initialize`, measures E at init (:func:`emergeinit.measure_emergence`),
+then trains: the optional extra epoch ("+1 epoch" baselines), then ``epochs`` measured epochs,
+each followed by a test evaluation in eval mode (Acc_1 is the first measured epoch's). A NaN/inf
+training loss stops the run with ``diverged=True``; the epochs finished so far are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emergeinit.bench import augment
+from emergeinit.bench.data import ImageData, load_dataset
+from emergeinit.bench.env import device_name, pick_device
+from emergeinit.bench.models import build_model
+from emergeinit.bench.protocols import lr_lambda, resolve_config
+
+__all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "DATA_INITS"]
+
+DATA_INITS = ("metainit", "gradinit", "lsuv")  # inits that look at a batch of data
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The configured optimizer, with normalization parameters in a group without weight decay
+    unless ``decay_norm``."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
+    wd = float(config["weight_decay"])
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in norm_ids]
+    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in norm_ids]
+    groups = [{"params": decay, "weight_decay": wd}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": wd if config["decay_norm"] else 0.0})
+    lr = float(config["lr"])
+    name = config["optimizer"]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]),
+                               nesterov=bool(config["nesterov"]))
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def prepare_batch(data: ImageData, x: torch.Tensor, config: Mapping[str, Any],
+                  generator: Optional[torch.Generator], train: bool = True) -> torch.Tensor:
+    """uint8 images -> the network's float input: crop and flip (training), normalize, cutout
+    (training), channels_last when configured."""
+    if train:
+        x = augment.random_crop(x, int(config["crop_padding"]), generator)
+        if config["flip"]:
+            x = augment.random_flip(x, generator)
+    x = data.normalize(x)
+    if train:
+        x = augment.cutout(x, int(config["cutout"]), generator)
+    if config.get("channels_last") and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _autocast(config: Mapping[str, Any], device: torch.device):
+    if config.get("amp") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer,
+                config: Mapping[str, Any], *, lr_factor: Callable[[int], float], step0: int,
+                generator: Optional[torch.Generator], progress: Any = None) -> Dict[str, Any]:
+    """One pass over the (shuffled) training set. Sets each group's lr to ``initial_lr ×
+    lr_factor(global step)`` before each step, clips the gradient norm when configured.
+    Returns mean loss, a short loss curve, steps taken and whether the loss went non-finite."""
+    model.train()
+    device = data.train_x.device
+    n = data.train_x.shape[0]
+    bs = int(config["batch_size"])
+    steps = math.ceil(n / bs)
+    if config.get("max_steps"):
+        steps = min(steps, int(config["max_steps"]))
+    perm = torch.randperm(n, device=device, generator=generator)
+    losses = torch.empty(steps, device=device)
+    clip = config.get("clip_grad_norm")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    check = max(1, int(config.get("nan_check_every") or 1))
+    diverged_at = None
+    done = 0
+    for i in range(steps):
+        f = lr_factor(step0 + i)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+        idx = perm[i * bs:(i + 1) * bs]
+        x = prepare_batch(data, data.train_x[idx], config, generator)
+        y = data.train_y[idx]
+        with _autocast(config, device):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, float(clip))
+        optimizer.step()
+        losses[i] = loss.detach()
+        done = i + 1
+        if done % check == 0 or done == steps:
+            window = losses[max(0, done - check):done]
+            if not bool(torch.isfinite(window).all()):
+                bad = torch.nonzero(~torch.isfinite(losses[:done]))[0].item()
+                diverged_at = int(bad)
+                break
+            if progress is not None:
+                progress.update(done - progress.n)
+                progress.set_postfix(loss=f"{window.mean().item():.3f}", refresh=False)
+    kept = losses[:done] if diverged_at is None else losses[:diverged_at]
+    points = max(1, int(config.get("loss_points") or 1))
+    chunks = torch.tensor_split(kept.float().cpu(), min(points, max(1, kept.numel()))) if kept.numel() else []
+    return {
+        "train_loss": float(kept.mean()) if kept.numel() else None,
+        "loss_curve": [float(c.mean()) for c in chunks if c.numel()],
+        "steps": done,
+        "diverged_at_step": diverged_at,
+        "lr_end": optimizer.param_groups[0]["lr"],
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, config: Mapping[str, Any]) -> Tuple[float, float]:
+    """Test accuracy (percent) and mean test loss, in eval mode."""
+    model.eval()
+    device = data.test_x.device
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    n = data.test_x.shape[0]
+    bs = int(config["eval_batch_size"])
+    for i in range(0, n, bs):
+        x = prepare_batch(data, data.test_x[i:i + bs], config, None, train=False)
+        y = data.test_y[i:i + bs]
+        with _autocast(config, device):
+            out = model(x).float()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return 100.0 * correct.item() / n, loss_sum.item() / n
+
+
+def _subset(data: ImageData, config: Mapping[str, Any]) -> ImageData:
+    tl, vl = config.get("train_limit"), config.get("test_limit")
+    if not tl and not vl:
+        return data
+    cut = lambda t, k: t[:k] if k else t  # noqa: E731
+    return ImageData(data.name, cut(data.train_x, tl), cut(data.train_y, tl), cut(data.test_x, vl),
+                     cut(data.test_y, vl), data.mean, data.std, data.num_classes)
+
+
+def _model_for(config: Mapping[str, Any], data: ImageData) -> nn.Module:
+    options = dict(config.get("model_options") or {})
+    if config["model"] == "mlp":
+        options.setdefault("in_features", int(math.prod(data.train_x.shape[1:])))
+    else:
+        options.setdefault("in_channels", int(data.train_x.shape[1]))
+    options.setdefault("num_classes", data.num_classes)
+    return build_model(config["model"], **options)
+
+
+def _init_batches(data: ImageData, config: Mapping[str, Any],
+                  generator: Optional[torch.Generator]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled training batches (augmented as in training) for data-dependent inits."""
+    n, k = data.train_x.shape[0], int(config["init_batch_size"])
+    while True:
+        perm = torch.randperm(n, device=data.train_x.device, generator=generator)
+        for i in range(0, n - k + 1 if n >= k else 1, k):
+            idx = perm[i:i + k]
+            yield prepare_batch(data, data.train_x[idx], config, generator), data.train_y[idx]
+
+
+def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
+                generator: Optional[torch.Generator]) -> Optional[Dict[str, Any]]:
+    import emergeinit
+
+    options = dict(config.get("init_options") or {})
+    if config["init"] in DATA_INITS:
+        options.setdefault("data", _init_batches(data, config, generator))
+        if config["init"] != "lsuv":
+            options.setdefault("loss_fn", nn.CrossEntropyLoss())
+    if config["init"] == "gradinit" and "lr" not in options and "arch" not in options:
+        from emergeinit.baselines import GRADINIT_LR
+
+        if config["model"] in GRADINIT_LR:  # GradInit's own step size for this architecture
+            options["arch"] = config["model"]
+    record = emergeinit.initialize(model, config["init"], **options)
+    return record.to_dict() if hasattr(record, "to_dict") else None
+
+
+def _measure(model: nn.Module, config: Mapping[str, Any], data: ImageData) -> Dict[str, Any]:
+    import emergeinit
+
+    k = int(config["emergence_batch_size"])
+    x = prepare_batch(data, data.train_x[:k], config, None, train=False)
+    kwargs = {} if config.get("emergence_threshold") is None else {"threshold": config["emergence_threshold"]}
+    return emergeinit.measure_emergence(model, x, **kwargs).to_dict()
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
+    """Train one image configuration; return the task part of its record (see module doc)."""
+    config = resolve_config(config)
+    threads = config.get("cpu_threads")
+    if not threads:
+        return _run(config, progress)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        return _run(config, progress)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
+    device = pick_device(config["device"])
+    seed = int(config["seed"])
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    data = _subset(load_dataset(config["dataset"], config["data_dir"], download=config["download"],
+                                device=device), config)
+    model = _model_for(config, data).to(device)
+    extra: Dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()),
+                             "train_size": int(data.train_x.shape[0]), "test_size": int(data.test_x.shape[0])}
+
+    t0 = time.perf_counter()
+    init_record = _initialize(model, config, data, generator)
+    extra["init_wall_s"] = time.perf_counter() - t0
+    if config.get("channels_last") and config["model"] != "mlp":
+        model = model.to(memory_format=torch.channels_last)
+    try:
+        emergence = _measure(model, config, data)
+    except Exception as err:  # E is a measurement: a failure must not cost the run
+        emergence = None
+        extra["emergence_error"] = f"{type(err).__name__}: {err}"
+
+    optimizer = make_optimizer(model, config)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = g["lr"]
+    steps_per_epoch = math.ceil(data.train_x.shape[0] / int(config["batch_size"]))
+    if config.get("max_steps"):
+        steps_per_epoch = min(steps_per_epoch, int(config["max_steps"]))
+    extra["steps_per_epoch"] = steps_per_epoch
+    factor = lr_lambda(config, steps_per_epoch)
+    phases = [(0, "extra")] if config["extra_epoch"] else []
+    phases += [(e, "main") for e in range(1, int(config["epochs"]) + 1)]
+
+    epochs: List[Dict[str, Any]] = []
+    diverged = False
+    step = 0
+    bar_cls = _tqdm() if progress else None
+    for epoch, phase in phases:
+        t_epoch = time.perf_counter()
+        bar = bar_cls(total=steps_per_epoch, desc=f"{config['model']} {config['init']} epoch {epoch}",
+                      leave=False, unit="step") if bar_cls else None
+        try:
+            stats = train_epoch(model, data, optimizer, config, lr_factor=factor, step0=step,
+                                generator=generator, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        step += stats["steps"]
+        if stats["diverged_at_step"] is not None:
+            diverged = True
+            extra["diverged_at"] = {"epoch": epoch, "step": stats["diverged_at_step"]}
+            break
+        acc, test_loss = evaluate(model, data, config)
+        epochs.append({"epoch": epoch, "phase": phase, "train_loss": _finite(stats["train_loss"]),
+                       "test_acc": acc, "test_loss": _finite(test_loss), "lr_end": stats["lr_end"],
+                       "steps": stats["steps"], "time_s": time.perf_counter() - t_epoch,
+                       "loss_curve": stats["loss_curve"]})
+    main = [e["test_acc"] for e in epochs if e["phase"] == "main"]
+    extra["acc_1"] = main[0] if main else None
+    extra["acc_best"] = max(main) if main else None
+    return {"epochs": epochs, "emergence_at_init": emergence, "init_record": init_record,
+            "diverged": diverged, "device": device_name(device), "extra": extra}
+
+
+def _tqdm():
+    from tqdm.auto import tqdm
+
+    return tqdm

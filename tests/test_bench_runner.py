@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from _bench_helpers import write_fashion_mnist
+from emergeinit.bench import runner
+from emergeinit.bench.grid import apply_sets, expand_grid, filter_configs, load_grid
+from emergeinit.bench.runner import append_record, latest_records, read_records, run_grid, run_id
+
+
+def fake_task(config, *, progress=True):
+    if config.get("lr") == "boom":
+        raise RuntimeError("boom")
+    return {"epochs": [{"epoch": 1, "train_loss": 1.0, "test_acc": float(config["seed"])}],
+            "emergence_at_init": None, "init_record": None, "diverged": config["seed"] == 99,
+            "device": "cpu", "extra": {}}
+
+
+SPEC = {"task": "image", "protocol": "seed", "defaults": {"model": "mlp"},
+        "grid": {"model": ["mlp", "vgg19"], "seed": [0, 1]},
+        "cells": [{"init": "kaiming"},
+                  {"init": "emergence", "model": "vgg19", "init_options.alpha": 2,
+                   "init_options.schedule": ["literal", "normalized"]}]}
+
+
+def test_grid_expansion_cells_tie_values_and_seed_major_order():
+    configs = expand_grid(SPEC)
+    assert len(configs) == 2 * 2 + 1 * 2 * 2
+    assert [c["seed"] for c in configs] == [0, 0, 0, 0, 1, 1, 1, 1]
+    emergence = [c for c in configs if c["init"] == "emergence"]
+    assert {c["model"] for c in emergence} == {"vgg19"}
+    assert sorted(c["init_options"]["schedule"] for c in emergence) == ["literal", "literal", "normalized", "normalized"]
+    assert all(c["init_options"]["alpha"] == 2 for c in emergence)
+    assert len({run_id(c) for c in configs}) == 8
+    sets = apply_sets(configs, ["lr=0.05", "init_options.base=xavier"])
+    assert all(c["lr"] == 0.05 and c["init_options"]["base"] == "xavier" for c in sets)
+    assert len(filter_configs(configs, ["model=vgg*", "init=emergence"])) == 4
+
+
+def test_table1_config_file():
+    configs = load_grid("configs/table1.yaml")
+    # 4 models × 5 seeds × (5 baselines) + emergence: VGG 2 schedules each, ResNet 2 × 2 scopes each
+    assert len(configs) == 4 * 5 * 5 + 5 * (2 + 2 + 4 + 4)
+    alphas = {(c["model"], c["init_options"]["alpha"]) for c in configs if c["init"] == "emergence"}
+    assert alphas == {("vgg19", 2.0), ("resnet110", 2.0), ("vgg19_bn", 5.0), ("resnet110_bn", 5.0)}
+
+
+def test_run_id_ignores_data_location_only():
+    a = {"task": "image", "seed": 0, "data_dir": "/a", "cpu_threads": 1}
+    assert run_id(a) == run_id({**a, "data_dir": "/b", "cpu_threads": None})
+    assert run_id(a) != run_id({**a, "seed": 1})
+
+
+def test_resume_after_kill_runs_each_config_once(tmp_path, monkeypatch):
+    configs = expand_grid(SPEC)
+    results = tmp_path / "r.jsonl"
+    calls = []
+
+    def dies_on_third(config, *, progress=True):
+        calls.append(config["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process is killed mid-grid
+        return fake_task(config)
+
+    monkeypatch.setattr(runner, "run_task", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(configs, results, progress=False)
+    assert len(read_records(results)) == 2
+    with open(results, "ab") as f:  # and the kill tore a write
+        f.write(b'{"id": "half a rec')
+    monkeypatch.setattr(runner, "run_task", fake_task)
+    counts = run_grid(configs, results, progress=False)
+    assert counts == {"total": 8, "skipped": 2, "run": 6, "ok": 6, "diverged": 0, "error": 0}
+    records = read_records(results)
+    assert len(records) == 8 and len({r["id"] for r in records}) == 8
+    assert results.read_bytes().endswith(b"\n") and b"half a rec" not in results.read_bytes()
+    again = run_grid(configs, results, progress=False)
+    assert again["run"] == 0 and again["skipped"] == 8
+
+
+def test_error_run_is_recorded_grid_goes_on_and_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_task", fake_task)
+    configs = [{"task": "image", "seed": 0, "lr": "boom"}, {"task": "image", "seed": 1},
+               {"task": "image", "seed": 99}]
+    results2 = tmp_path / "r2.jsonl"
+    counts = run_grid(configs, results2, progress=False)
+    assert (counts["ok"], counts["diverged"], counts["error"]) == (1, 1, 1)
+    rec = {r["config"]["seed"]: r for r in read_records(results2)}
+    assert rec[0]["status"] == "error" and rec[0]["error"] == "RuntimeError: boom"
+    assert rec[99]["status"] == "diverged" and rec[1]["status"] == "ok"
+    for key in ("id", "config", "git_commit", "versions", "device", "started", "wall_s", "epochs"):
+        assert key in rec[1]
+    again = run_grid(configs, results2, progress=False)  # only the error is retried
+    assert (again["run"], again["skipped"]) == (1, 2)
+    assert len(latest_records(read_records(results2))) == 3
+
+
+def test_real_nan_run_is_diverged_and_grid_continues(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", n_train=32, n_test=8)
+    base = {"task": "image", "protocol": "seed", "model": "mlp", "dataset": "fashion-mnist",
+            "data_dir": str(folder), "batch_size": 4, "max_steps": 4, "train_limit": 16,
+            "emergence_batch_size": 4, "device": "cpu", "nan_check_every": 1, "cpu_threads": 1}
+    configs = [{**base, "optimizer": "sgd", "lr": 1e30}, {**base, "seed": 1}]
+    results = tmp_path / "r.jsonl"
+    counts = run_grid(configs, results, progress=False)
+    assert (counts["diverged"], counts["ok"]) == (1, 1)
+    statuses = [r["status"] for r in read_records(results)]
+    assert statuses == ["diverged", "ok"]
+    json.loads(results.read_text().splitlines()[0])  # strict JSON lines
+
+
+def test_append_record_cuts_only_a_torn_tail(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_record(p, {"id": "a"})
+    p.write_bytes(p.read_bytes() + b'{"id": "b", "tor')
+    assert [r["id"] for r in read_records(p)] == ["a"]
+    append_record(p, {"id": "c"})
+    assert [r["id"] for r in read_records(p)] == ["a", "c"]
