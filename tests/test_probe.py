@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -355,17 +354,7 @@ def test_cli_user_factory_and_tables(capsys, tmp_path, monkeypatch):
     assert [line.split()[1] for line in text.splitlines()[2:4]] == ["0", "2"]  # Sequential names
 
 
-def test_read_idx_roundtrip(tmp_path):
-    images = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8)
-    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (3, 4, 5))
-    path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    with gzip.open(path, "wb") as f:
-        f.write(header + images.numpy().tobytes())
-    assert torch.equal(measure_cmd._read_idx(str(path)), images)
-    with pytest.raises(ValueError, match="IDX"):
-        bad = tmp_path / "bad"
-        bad.write_bytes(b"\x01\x02\x03\x04")
-        measure_cmd._read_idx(str(bad))
+def test_fashion_images_fit_each_model_shape():
     fitted = measure_cmd._fit(torch.zeros(2, 1, 28, 28), (3, 32, 32))
     assert fitted.shape == (2, 3, 32, 32)
     assert measure_cmd._fit(torch.zeros(2, 1, 28, 28), (784,)).shape == (2, 784)

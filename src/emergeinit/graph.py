@@ -27,7 +27,7 @@ import torch
 from torch import fx, nn
 
 from emergeinit.emergence import Number, _logaddexp, _to_number
-from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.layers import layer_by_module, WeightLayer, find_weight_layers
 
 __all__ = ["graph_emergence", "LayerGraph", "LayerNode", "LayerEdge", "layer_graph"]
 
@@ -489,12 +489,7 @@ def _trace_groups(model: nn.Module, *, include_input: bool = False, include_outp
     gm = fx.GraphModule(tracer.root, fx_graph, type(model).__name__)
     modules = dict(gm.named_modules())
     layers = find_weight_layers(model, order="registration")
-    by_module: Dict[int, WeightLayer] = {}
-    for layer in layers:
-        if layer.kind in ("linear", "conv"):
-            by_module[id(layer.module)] = layer
-            for alias in layer.aliases:
-                by_module[id(model.get_submodule(alias))] = layer
+    by_module = layer_by_module(model, layers)
     nodes = list(fx_graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     calls = [

@@ -23,6 +23,7 @@ __all__ = [
     "infer_example_input",
     "preserve_state",
     "is_block_module",
+    "layer_by_module",
 ]
 
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
@@ -207,6 +208,17 @@ class _no_attention_fastpath:
     def __exit__(self, *exc: Any) -> None:
         if self._was is not None:
             torch.backends.mha.set_fastpath_enabled(self._was)
+
+
+def layer_by_module(model: nn.Module, layers: Sequence[WeightLayer]) -> Dict[int, WeightLayer]:
+    """``id(module) -> layer`` for the Linear/Conv layers, every module sharing a tied weight included."""
+    by_module: Dict[int, WeightLayer] = {}
+    for layer in layers:
+        if layer.kind in ("linear", "conv"):
+            by_module[id(layer.module)] = layer
+            for alias in layer.aliases:
+                by_module[id(model.get_submodule(alias))] = layer
+    return by_module
 
 
 def _trace_calls(model: nn.Module, example_input: Any, names: Dict[int, str]) -> List[nn.Module]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from emergeinit.emergence import Number, exact_pivot, layered_emergence, lemma_pivot
 from emergeinit.graph import _PASS_MODULES, LayerGraph, _in_nodes, _trace_groups, _Traced
-from emergeinit.layers import WeightLayer, find_weight_layers, preserve_state, run_model
+from emergeinit.layers import layer_by_module, WeightLayer, find_weight_layers, preserve_state, run_model
 
 __all__ = ["measure_emergence", "EmergenceReport", "LayerActivity", "Pivot", "DEFAULT_THRESHOLD", "MODES"]
 
@@ -269,12 +269,7 @@ def _count_hooked(model: nn.Module, counts: _Counts, inputs: Any, include_input:
     """Fallback without fx: read each layer after the activation/normalization modules that
     consume its output directly (tracked by tensor identity, so in-place modules work)."""
     all_layers = find_weight_layers(model, order="registration")
-    by_module: Dict[int, WeightLayer] = {}
-    for l in all_layers:
-        if l.kind in ("linear", "conv"):
-            by_module[id(l.module)] = l
-            for alias in l.aliases:
-                by_module[id(model.get_submodule(alias))] = l
+    by_module = layer_by_module(model, all_layers)
     index: Dict[str, int] = {}  # call name -> tally, in execution order (first batch)
     layer_of: Dict[str, WeightLayer] = {}
     state: Dict[str, Any] = {"key": None, "last": None, "calls": {}}

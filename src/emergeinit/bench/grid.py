@@ -14,20 +14,11 @@ import itertools
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
+from emergeinit.bench.protocols import set_dotted as _set_dotted
+
 __all__ = ["expand_grid", "load_grid", "parse_assignment", "apply_sets", "filter_configs"]
 
 _TOP_KEYS = {"task", "protocol", "defaults", "grid", "cells", "name", "description"}
-
-
-def _set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
-    head, _, rest = key.partition(".")
-    if rest:
-        inner = config.get(head)
-        inner = dict(inner) if isinstance(inner, Mapping) else {}
-        _set_dotted(inner, rest, value)
-        config[head] = inner
-    else:
-        config[head] = value
 
 
 def _get_dotted(config: Mapping[str, Any], key: str) -> Any:

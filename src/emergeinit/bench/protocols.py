@@ -108,12 +108,13 @@ def has_batch_norm(model: str) -> bool:
     return model.endswith("_bn")
 
 
-def _set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
+    """``config[a][b] = value`` for ``key="a.b"``, copying nested dicts on the way."""
     head, _, rest = key.partition(".")
     if rest:
         inner = config.get(head)
         inner = dict(inner) if isinstance(inner, Mapping) else {}
-        _set_dotted(inner, rest, value)
+        set_dotted(inner, rest, value)
         config[head] = inner
     else:
         config[head] = value
@@ -124,7 +125,7 @@ def resolve_config(overrides: Mapping[str, Any]) -> Dict[str, Any]:
     e.g. ``init_options.alpha``). Unknown keys are an error, so a typo cannot pass silently."""
     flat: Dict[str, Any] = {}
     for key, value in overrides.items():
-        _set_dotted(flat, key, copy.deepcopy(value))
+        set_dotted(flat, key, copy.deepcopy(value))
     protocol = flat.get("protocol", COMMON["protocol"])
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")

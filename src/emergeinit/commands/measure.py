@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib
 import json
 import os
@@ -45,25 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
-def _read_idx(path: str) -> torch.Tensor:
-    """An IDX file (optionally gzipped) as a uint8 tensor of its stated shape."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = data[4 + 4 * ndim:]
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
-
-
 def _fashion_images(data_dir: str, count: int) -> torch.Tensor:
     """The first ``count`` Fashion-MNIST test images, normalized, shape (count, 1, 28, 28)."""
+    from emergeinit.bench.data import read_idx
+
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"):
         path = os.path.join(data_dir, name)
         if os.path.exists(path):
-            images = _read_idx(path)[:count].float().div_(255.0)
+            images = read_idx(path)[:count].float().div_(255.0)
             return ((images - FASHION_MEAN) / FASHION_STD).unsqueeze(1)
     raise FileNotFoundError(
         f"no Fashion-MNIST test images in {data_dir}: apt-get install dataset-fashion-mnist, "
