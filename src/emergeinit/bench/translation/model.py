@@ -1,0 +1,202 @@
+"""A post-LN encoder–decoder transformer (Vaswani et al.; fairseq's ``transformer_iwslt_de_en``
+layer order): LayerNorm after each residual sum, sinusoidal positions, tied output projection.
+
+Conventions the initializers rely on: encoder layers' classes set ``emergeinit_encoder_layer``,
+decoder layers' ``emergeinit_decoder_layer``; attention modules hold plain ``q_proj``/``k_proj``/
+``v_proj``/``out_proj`` Linears; each layer's ``ffn`` (class sets ``emergeinit_block``) holds
+``fc1``/``fc2``; embeddings are ``nn.Embedding``. ``layer_norm=False`` drops every LayerNorm, as
+the T-Fixup paper does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spm import PAD
+
+__all__ = ["Attention", "FeedForward", "EncoderLayer", "DecoderLayer", "Seq2SeqTransformer"]
+
+
+class Attention(nn.Module):
+    """Multi-head attention on plain Linears, computed with ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size(0), x.size(1), self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask``: bool, True where a query may attend a key, broadcastable to [B, H, Tq, Tk]."""
+        kv = x if memory is None else memory
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(x.shape))
+
+
+class FeedForward(nn.Module):
+    """The position-wise MLP block fc1 → ReLU → fc2 (the paper's two-layer FFN block)."""
+
+    emergeinit_block = True
+
+    def __init__(self, dim: int, hidden: int, activation_dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.activation_dropout = activation_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(F.relu(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(h)
+
+
+def _norm(dim: int, enabled: bool) -> nn.Module:
+    return nn.LayerNorm(dim) if enabled else nn.Identity()
+
+
+class EncoderLayer(nn.Module):
+    """x = LN(x + Drop(SelfAttn(x))); x = LN(x + Drop(FFN(x)))."""
+
+    emergeinit_encoder_layer = True
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 activation_dropout: float, layer_norm: bool = True):
+        super().__init__()
+        self.self_attn = Attention(dim, heads, attention_dropout)
+        self.self_attn_norm = _norm(dim, layer_norm)
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout)
+        self.ffn_norm = _norm(dim, layer_norm)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.self_attn_norm(x + self.dropout(self.self_attn(x, mask=mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder, FFN; each followed by add & LN."""
+
+    emergeinit_decoder_layer = True
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 activation_dropout: float, layer_norm: bool = True):
+        super().__init__()
+        self.self_attn = Attention(dim, heads, attention_dropout)
+        self.self_attn_norm = _norm(dim, layer_norm)
+        self.cross_attn = Attention(dim, heads, attention_dropout)
+        self.cross_attn_norm = _norm(dim, layer_norm)
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout)
+        self.ffn_norm = _norm(dim, layer_norm)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor,
+                memory_mask: torch.Tensor) -> torch.Tensor:
+        y = self.self_attn_norm(y + self.dropout(self.self_attn(y, mask=self_mask)))
+        y = self.cross_attn_norm(y + self.dropout(self.cross_attn(y, memory, mask=memory_mask)))
+        return self.ffn_norm(y + self.dropout(self.ffn(y)))
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """[length, dim] sine/cosine position table (sines in the first half, as fairseq)."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * freq[None, :]
+    table = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return F.pad(table, (0, dim - 2 * half))
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Post-LN encoder–decoder transformer; ``forward(src, tgt_in)`` returns logits [B, T, V].
+
+    ``share_embeddings``: one embedding matrix for source and target (joint vocabulary);
+    ``tie_output``: the output projection is the target embedding (applied functionally, as in
+    fairseq; untied it is a Linear ``output_proj``). Parameters start as
+    fairseq does (Xavier-uniform Linears, zero biases, embeddings N(0, dim^-1/2), pad row 0);
+    the harness re-initializes by name afterwards.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        dim: int = 512,
+        ffn_dim: int = 1024,
+        heads: int = 4,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        dropout: float = 0.3,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        share_embeddings: bool = True,
+        tie_output: bool = True,
+        layer_norm: bool = True,
+        max_positions: int = 1024,
+        pad_id: int = PAD,
+    ):
+        super().__init__()
+        self.pad_id, self.dim = pad_id, dim
+        self.src_embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.register_buffer("positions", sinusoidal_positions(max_positions, dim), persistent=False)
+        self.embed_scale = math.sqrt(dim)
+        self.dropout = nn.Dropout(dropout)
+        args = (dim, heads, ffn_dim, dropout, attention_dropout, activation_dropout, layer_norm)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(*args) for _ in range(encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(*args) for _ in range(decoder_layers))
+        # tied: logits = y @ E_tgt^T computed functionally, as fairseq does, so the embedding is
+        # not a weight layer that Linear initializers (Xavier over V×d) would redraw
+        self.output_proj = None if tie_output else nn.Linear(dim, vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, self.dim ** -0.5)
+                with torch.no_grad():
+                    m.weight[self.pad_id].zero_()
+
+    def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+        x = embedding(tokens) * self.embed_scale + self.positions.narrow(0, 0, tokens.size(1))
+        return self.dropout(x)
+
+    def encode(self, src: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states [B, S, D] and the key mask [B, 1, 1, S] (True = real token)."""
+        mask = (src != self.pad_id)[:, None, None, :]
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return x, mask
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for every target prefix (causal self-attention)."""
+        t = tgt_in.size(1)  # written so that torch.fx can trace the model
+        causal = tgt_in.new_ones((t, t), dtype=torch.bool).tril()
+        y = self._embed(self.tgt_embed, tgt_in)
+        for layer in self.decoder_layers:
+            y = layer(y, memory, causal, memory_mask)
+        if self.output_proj is None:
+            return F.linear(y, self.tgt_embed.weight)
+        return self.output_proj(y)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, mask = self.encode(src)
+        return self.decode(tgt_in, memory, mask)

@@ -1,0 +1,292 @@
+"""Train one translation run (the paper's Table 2): corpus → sentencepiece → post-LN transformer →
+init by name → Adam + inverse-sqrt schedule, label smoothing 0.1; each epoch the validation loss
+and BLEU (sacrebleu, detokenized). ``run(config)`` returns the task part of a harness record."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .data import load_corpus
+from .decode import corpus_bleu, translate
+from .model import Seq2SeqTransformer
+from .spm import PAD, Batch, collate, encode_pairs, token_batches, train_sentencepiece
+
+__all__ = ["PROTOCOLS", "INITS", "resolve_config", "inverse_sqrt_lr", "build_model", "apply_init", "run"]
+
+# Every hyperparameter of a translation run; a config overrides any of them.
+_COMMON: Dict[str, Any] = {
+    "task": "translation",
+    "model": "transformer",
+    "init": "xavier",
+    "init_options": {},
+    "seed": 0,
+    "data": "trans-de-en",  # or "iwslt14" (data_path: prepared or raw de-en folder)
+    "data_path": None,
+    "valid_size": 1000,  # trans-de-en held-out pairs (iwslt14 has its own split)
+    "test_size": 1000,
+    "max_train_pairs": None,
+    "vocab_size": 8000,  # joint sentencepiece BPE
+    "max_len": 128,  # subword pieces per side, longer sentences are cut
+    "share_embeddings": True,
+    "tie_output": True,
+    "layer_norm": True,  # False drops every LayerNorm (T-Fixup's architecture)
+    "heads": 4,
+    "dropout": 0.3,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "label_smoothing": 0.1,
+    "lr": 5e-4,
+    "betas": [0.9, 0.98],
+    "eps": 1e-8,
+    "weight_decay": 1e-4,  # decoupled (AdamW), as fairseq's Adam applies it
+    "warmup_updates": 4000,
+    "clip_norm": 0.0,  # 0 = no gradient clipping
+    "max_tokens": 4096,
+    "max_epochs": 80,
+    "max_updates": None,
+    "bleu_split": "test",  # the paper reports BLEU of every epoch (BLEU_1, BLEU_best)
+    "bleu_beam": 5,
+    "len_penalty": 1.0,
+    "bleu_max_sentences": None,  # score the first N sentences of bleu_split only
+    "measure_emergence": True,  # E at init on one training batch (forward hooks; see emergeinit.probe)
+    "device": "auto",  # auto: cuda when available
+    "threads": None,
+    "cache_dir": ".cache/emergeinit/translation",
+}
+
+PROTOCOLS: Dict[str, Dict[str, Any]] = {
+    # the paper's sizes: 6+6 layers, embedding 512, FFN 1024 (fairseq transformer_iwslt_de_en)
+    "iwslt14": {**_COMMON, "protocol": "iwslt14", "dim": 512, "ffn_dim": 1024, "encoder_layers": 6,
+                "decoder_layers": 6, "vocab_size": 10000},
+    # ~5M parameters; trains in about 10 minutes on a 2-core CPU on trans-de-en
+    "cpu_small": {**_COMMON, "protocol": "cpu_small", "dim": 256, "ffn_dim": 512, "encoder_layers": 3,
+                  "decoder_layers": 3, "vocab_size": 6000, "dropout": 0.1, "lr": 1e-3,
+                  "warmup_updates": 300, "max_tokens": 2000, "max_epochs": 5, "bleu_beam": 1,
+                  "bleu_max_sentences": 500, "max_len": 64},
+}
+
+INITS = ("default", "xavier", "tfixup", "emergence", "emergence_encdec")
+
+
+def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The protocol's defaults (``config['protocol']``, default ``cpu_small``) updated by ``config``."""
+    name = config.get("protocol", "cpu_small")
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown translation protocol {name!r}: use one of {sorted(PROTOCOLS)}")
+    unknown = set(config) - set(PROTOCOLS[name])
+    if unknown:
+        raise ValueError(f"unknown translation config keys: {sorted(unknown)}")
+    resolved = {**PROTOCOLS[name], **config}
+    if resolved["init"] not in INITS:
+        raise ValueError(f"unknown init {resolved['init']!r}: use one of {INITS}")
+    return resolved
+
+
+def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
+    """Learning rate of update number ``step`` (1-based): linear warm-up from 0 to ``lr`` over
+    ``warmup`` updates, then ``lr * sqrt(warmup / step)`` (fairseq's inverse_sqrt)."""
+    if warmup < 1:
+        raise ValueError("warmup must be >= 1")
+    if step <= warmup:
+        return lr * step / warmup
+    return lr * math.sqrt(warmup / step)
+
+
+def build_model(config: Dict[str, Any], vocab_size: int) -> Seq2SeqTransformer:
+    c = config
+    return Seq2SeqTransformer(
+        vocab_size, dim=c["dim"], ffn_dim=c["ffn_dim"], heads=c["heads"],
+        encoder_layers=c["encoder_layers"], decoder_layers=c["decoder_layers"], dropout=c["dropout"],
+        attention_dropout=c["attention_dropout"], activation_dropout=c["activation_dropout"],
+        share_embeddings=c["share_embeddings"], tie_output=c["tie_output"], layer_norm=c["layer_norm"],
+        max_positions=max(1024, c["max_len"] * 2 + 16),
+    )
+
+
+def _to_dict(result: Any) -> Optional[Dict[str, Any]]:
+    if result is None:
+        return None
+    if hasattr(result, "to_dict"):
+        return result.to_dict()
+    return result if isinstance(result, dict) else {"repr": repr(result)}
+
+
+def apply_init(model: torch.nn.Module, init: str, options: Dict[str, Any],
+               example_input: Tuple[torch.Tensor, torch.Tensor]) -> Optional[Dict[str, Any]]:
+    """Initialize ``model`` in place by name; returns the init record as a dict (None: 'default').
+
+    ``emergence`` defaults to the paper's blockwise scheme on each FFN pair (base Xavier, α = 10);
+    ``emergence_encdec`` is the global scheme: T-Fixup, then decoder weights × beta_dec (2).
+    """
+    if init == "default":
+        return None
+    import emergeinit as ei
+
+    if init == "emergence_encdec":
+        return _to_dict(ei.encoder_decoder_init_(model, **options))
+    if init == "emergence":  # layers are traced in execution order on a real batch
+        options = {"scope": "blockwise", "base": "xavier", "alpha": 10.0, "example_input": example_input, **options}
+    return _to_dict(ei.initialize(model, init, **options))
+
+
+def _loss(model, batch: Batch, label_smoothing: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(label-smoothed loss, NLL), both summed over the batch's target tokens."""
+    logits = model(batch.src, batch.tgt_in).float().flatten(0, 1)
+    target = batch.tgt_out.flatten()
+    smoothed = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum")
+    nll = F.cross_entropy(logits, target, ignore_index=PAD, reduction="sum")
+    return smoothed, nll
+
+
+@torch.no_grad()
+def evaluate_nll(model, examples, max_tokens: int, device) -> float:
+    """Mean NLL per target token (nats, eos included) of ``examples`` in eval mode."""
+    was = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for idx in token_batches(examples, max_tokens):
+            batch = collate(examples, idx).to(device)
+            total += float(_loss(model, batch, 0.0)[1])
+            tokens += batch.ntokens
+    finally:
+        model.train(was)
+    return total / max(tokens, 1)
+
+
+def _bleu(model, sp, pairs, config, device) -> Tuple[float, List[str]]:
+    pairs = pairs[: config["bleu_max_sentences"]] if config["bleu_max_sentences"] else pairs
+    hyps = translate(
+        model, sp, [p[0] for p in pairs], beam=config["bleu_beam"], len_penalty=config["len_penalty"],
+        max_tokens=config["max_tokens"], max_len=config["max_len"], device=device,
+    )
+    return corpus_bleu(hyps, [p[1] for p in pairs]), hyps
+
+
+def _measure(model, example, config) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    if not config["measure_emergence"]:
+        return None, None
+    try:  # an auxiliary number: a probe that cannot handle this model must not lose the run
+        import emergeinit as ei
+
+        src, tgt_in = example
+        return _to_dict(ei.measure_emergence(model, {"src": src, "tgt_in": tgt_in})), None
+    except Exception as err:  # noqa: BLE001
+        return None, f"{type(err).__name__}: {err}"
+
+
+def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
+    """Train and evaluate one translation configuration; returns the task part of a record.
+
+    Each epoch entry: epoch, train_loss (label-smoothed, per token), train_nll, valid_loss (NLL per
+    token, nats), bleu (sacrebleu on ``bleu_split``), lr, updates, train_s (cumulative). A non-finite
+    training loss stops the run with ``diverged=True``; the epochs so far are kept.
+    """
+    cfg = resolve_config(config)
+    auto = cfg["device"] in (None, "auto")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    corpus = load_corpus(cfg["data"], path=cfg["data_path"], valid_size=cfg["valid_size"],
+                         test_size=cfg["test_size"], max_pairs=cfg["max_train_pairs"])
+    sp = train_sentencepiece(corpus.train, vocab_size=cfg["vocab_size"], cache_dir=cfg["cache_dir"])
+    train_ex = encode_pairs(sp, corpus.train, cfg["max_len"])
+    valid_ex = encode_pairs(sp, corpus.valid, cfg["max_len"])
+
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg, sp.get_piece_size()).to(device)
+    example = collate(train_ex, list(range(min(8, len(train_ex))))).to(device)
+    init_record = apply_init(model, cfg["init"], cfg["init_options"], (example.src, example.tgt_in))
+    emergence, emergence_error = _measure(model, (example.src, example.tgt_in), cfg)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
+                                  eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+    epochs: List[Dict[str, Any]] = []
+    diverged, updates, train_s, eval_s = False, 0, 0.0, 0.0
+    samples: List[Tuple[str, str, str]] = []
+    for epoch in range(1, cfg["max_epochs"] + 1):
+        t0 = time.perf_counter()
+        model.train()
+        batches = token_batches(train_ex, cfg["max_tokens"], shuffle=True, seed=cfg["seed"] * 1000 + epoch)
+        iterator = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc=f"{cfg['init']} epoch {epoch}", leave=False)
+        loss_sum, nll_sum, tokens = 0.0, 0.0, 0
+        for idx in iterator:
+            batch = collate(train_ex, idx).to(device)
+            lr = inverse_sqrt_lr(updates + 1, cfg["lr"], cfg["warmup_updates"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            smoothed, nll = _loss(model, batch, cfg["label_smoothing"])
+            n = batch.ntokens
+            if not math.isfinite(float(smoothed.detach())):
+                diverged = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            (smoothed / n).backward()
+            if cfg["clip_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_norm"])
+            optimizer.step()
+            updates += 1
+            loss_sum, nll_sum, tokens = loss_sum + float(smoothed.detach()), nll_sum + float(nll.detach()), tokens + n
+            if cfg["max_updates"] and updates >= cfg["max_updates"]:
+                break
+        train_s += time.perf_counter() - t0
+        if diverged:
+            break
+        t1 = time.perf_counter()
+        valid_loss = evaluate_nll(model, valid_ex, cfg["max_tokens"], device)
+        bleu_pairs = corpus.split(cfg["bleu_split"])
+        bleu, hyps = _bleu(model, sp, bleu_pairs, cfg, device)
+        samples = [(p[0], p[1], h) for p, h in zip(bleu_pairs[:3], hyps[:3])]
+        eval_s += time.perf_counter() - t1
+        epochs.append({
+            "epoch": epoch, "train_loss": loss_sum / max(tokens, 1), "train_nll": nll_sum / max(tokens, 1),
+            "valid_loss": valid_loss, "bleu": bleu, "lr": lr, "updates": updates, "train_s": train_s,
+        })
+        if progress:
+            print(f"[{cfg['init']}] epoch {epoch}: train {epochs[-1]['train_loss']:.3f} "
+                  f"valid nll {valid_loss:.3f} BLEU {bleu:.2f} ({train_s:.0f}s train)", flush=True)
+        if not math.isfinite(valid_loss):
+            diverged = True
+            break
+        if cfg["max_updates"] and updates >= cfg["max_updates"]:
+            break
+
+    bleus = [e["bleu"] for e in epochs]
+    return {
+        "epochs": epochs,
+        "emergence_at_init": emergence,
+        "init_record": init_record,
+        "diverged": diverged,
+        "device": _device_name(device),
+        "extra": {
+            "bleu_1": bleus[0] if bleus else None,
+            "bleu_best": max(bleus) if bleus else None,
+            "best_epoch": epochs[bleus.index(max(bleus))]["epoch"] if bleus else None,
+            "params": sum(p.numel() for p in model.parameters()),
+            "vocab_size": sp.get_piece_size(),
+            "corpus": {"name": corpus.name, "train": len(corpus.train), "valid": len(corpus.valid),
+                       "test": len(corpus.test)},
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "updates": updates,
+            "samples": samples,
+            "emergence_error": emergence_error,
+            "resolved_config": cfg,
+        },
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
