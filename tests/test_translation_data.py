@@ -2,6 +2,7 @@
 sample, sentencepiece round-trip and caching, token-count batches."""
 
 import pytest
+from _translation_helpers import PAIRS as SIX_PAIRS
 
 from emergeinit.bench.translation.data import (
     CorpusMissing, load_corpus, parse_trans_line, prepare_iwslt14, read_parallel, read_trans_de_en,
@@ -109,14 +110,7 @@ def test_iwslt14_preparation_standard_layout(tmp_path):
         load_corpus("iwslt14", path=tmp_path / "empty")
 
 
-PAIRS = [
-    ("Das Haus ist groß.", "The house is big."),
-    ("Der Hund schläft im Garten.", "The dog sleeps in the garden."),
-    ("Ich trinke gern Kaffee am Morgen.", "I like to drink coffee in the morning."),
-    ("Wir fahren morgen nach Berlin.", "We are going to Berlin tomorrow."),
-    ("Sie liest ein spannendes Buch.", "She is reading an exciting book."),
-    ("Das Wetter ist heute schön.", "The weather is nice today."),
-] * 3
+PAIRS = SIX_PAIRS * 3
 
 
 def test_sentencepiece_round_trip_and_cache(tmp_path):

@@ -7,19 +7,13 @@ import math
 import pytest
 import torch
 
+from _translation_helpers import PAIRS
+
 from emergeinit.bench.translation.decode import beam_search, corpus_bleu, greedy_decode, translate
 from emergeinit.bench.translation.model import DecoderLayer, EncoderLayer, FeedForward, Seq2SeqTransformer
 from emergeinit.bench.translation.spm import EOS, PAD, collate, encode_pairs, train_sentencepiece
 from emergeinit.bench.translation.train import apply_init, inverse_sqrt_lr, resolve_config
 
-PAIRS = [
-    ("Das Haus ist groß.", "The house is big."),
-    ("Der Hund schläft im Garten.", "The dog sleeps in the garden."),
-    ("Ich trinke gern Kaffee am Morgen.", "I like to drink coffee in the morning."),
-    ("Wir fahren morgen nach Berlin.", "We are going to Berlin tomorrow."),
-    ("Sie liest ein spannendes Buch.", "She is reading an exciting book."),
-    ("Das Wetter ist heute schön.", "The weather is nice today."),
-]
 
 
 def tiny(vocab=60, **kw):

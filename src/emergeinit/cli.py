@@ -22,7 +22,10 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 
 
 def build_parser(commands: Optional[List[str]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emergeinit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="emergeinit",
+        description="Measure emergence, apply the emergence-promoting init, re-run the paper's experiments.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():

@@ -8,7 +8,7 @@ passes through the network: layers are found in registration order.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -30,6 +30,23 @@ def classifier_layer(layers: List[WeightLayer], name: Optional[str] = None) -> W
     if not linears:
         raise ValueError("classifier_std needs a Linear classifier layer; none found (name one with classifier=)")
     return linears[-1]
+
+
+def redraw_(model: nn.Module, draw: Callable[[torch.Tensor], Any], *, zero_bias: bool,
+            classifier_std: Optional[float], classifier: Optional[str]) -> Dict[str, Any]:
+    """Redraw every weight layer (registration order, no forward pass) with ``draw``, or the
+    classifier from N(0, classifier_std²); zero the biases. Returns the record's details."""
+    layers = find_weight_layers(model, order="registration")
+    head = classifier_layer(layers, classifier) if classifier_std is not None else None
+    with torch.no_grad():
+        for layer in layers:
+            if head is not None and layer.key == head.key:
+                nn.init.normal_(layer.weight, 0.0, classifier_std)
+            else:
+                draw(layer.weight)
+    if zero_bias:
+        reset_biases_(layers)
+    return {"layers": len(layers), "classifier": head.key if head is not None else None}
 
 
 def reset_biases_(layers: List[WeightLayer]) -> None:
@@ -63,18 +80,10 @@ def kaiming_init_(
     options = dict(mode=mode, nonlinearity=nonlinearity, a=a, distribution=distribution,
                    zero_bias=zero_bias, classifier_std=classifier_std, classifier=classifier)
 
+    draw = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
+
     def body(meter) -> dict:
-        layers = find_weight_layers(model, order="registration")
-        head = classifier_layer(layers, classifier) if classifier_std is not None else None
-        draw = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
-        with torch.no_grad():
-            for layer in layers:
-                if head is not None and layer.key == head.key:
-                    nn.init.normal_(layer.weight, 0.0, classifier_std)
-                else:
-                    draw(layer.weight, a=a, mode=mode, nonlinearity=nonlinearity)
-        if zero_bias:
-            reset_biases_(layers)
-        return {"layers": len(layers), "classifier": head.key if head is not None else None}
+        return redraw_(model, lambda w: draw(w, a=a, mode=mode, nonlinearity=nonlinearity),
+                       zero_bias=zero_bias, classifier_std=classifier_std, classifier=classifier)
 
     return run_recorded(model, "kaiming", options, body)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-import torch
 from torch import nn
 
-from emergeinit.baselines.kaiming import classifier_layer, reset_biases_
+from emergeinit.baselines.kaiming import redraw_
 from emergeinit.baselines.record import InitRecord, run_recorded
-from emergeinit.layers import find_weight_layers
 
 __all__ = ["xavier_init_"]
 
@@ -35,18 +33,11 @@ def xavier_init_(
     options = dict(gain=gain, distribution=distribution, zero_bias=zero_bias,
                    classifier_std=classifier_std, classifier=classifier)
 
+    draw = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
+
     def body(meter) -> dict:
-        layers = find_weight_layers(model, order="registration")
-        head = classifier_layer(layers, classifier) if classifier_std is not None else None
-        draw = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
-        with torch.no_grad():
-            for layer in layers:
-                if head is not None and layer.key == head.key:
-                    nn.init.normal_(layer.weight, 0.0, classifier_std)
-                else:
-                    draw(layer.weight, gain=g)
-        if zero_bias:
-            reset_biases_(layers)
-        return {"layers": len(layers), "gain": g, "classifier": head.key if head is not None else None}
+        details = redraw_(model, lambda w: draw(w, gain=g), zero_bias=zero_bias,
+                          classifier_std=classifier_std, classifier=classifier)
+        return {**details, "gain": g}
 
     return run_recorded(model, "xavier", options, body)
