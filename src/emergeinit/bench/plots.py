@@ -83,7 +83,8 @@ def loss_curves_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Option
             if not ys:
                 continue
             logs = [v for v in (_log10_e(r) for r in group) if v is not None]
-            e_text = format_e(math.log10(statistics.mean(10 ** (v - max(logs)) for v in logs)) + max(logs)) if logs else "n/a"
+            # the report's convention: 10^(mean log10 E) over seeds
+            e_text = format_e(statistics.mean(logs)) if logs else "n/a"
             ax.plot(xs_all[: len(ys)], ys, label=f"{label}  E={e_text}")
         ax.set_title(f"{model}: training loss (mean over seeds)")
         ax.set_xlabel("epoch")
@@ -137,6 +138,12 @@ def _fractions(record: Mapping[str, Any]) -> List[float]:
     return out
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def active_fraction_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
     """Active fraction a_i / n_i per layer at init, one line per init (its α in the label)."""
     recs = [r for r in records if _fractions(r)]
@@ -148,8 +155,9 @@ def active_fraction_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Op
     for ax, (model, group_recs) in zip(axes, by_model.items()):
         for label, group in _by(group_recs, lambda r: init_label(r["config"])).items():
             ys = _mean_curve([_fractions(r) for r in group])
-            ax.plot(range(1, len(ys) + 1), ys, marker=".", label=label)
-        ax.set(title=f"{model}: active fraction per layer at init", xlabel="layer i",
+            ax.plot(range(len(ys)), ys, marker=".", label=label)
+        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.set(title=f"{model}: active fraction per layer at init", xlabel="layer i (0-based, execution order)",
                ylabel="a_i / n_i", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     fig.tight_layout()
