@@ -47,6 +47,8 @@ def test_cifar_models_train_a_few_steps(cifar_dir, cifar_md5, monkeypatch, model
              "dataset": "cifar10"}, progress=False)
     check_result(r)
     assert r["init_record"]["method"] == init
+    # BN nets train on batch statistics, so E at init is read in train mode for them
+    assert r["emergence_at_init"]["training"] is model.endswith("_bn")
 
 
 def test_mlp_on_idx_files_with_extra_warmup_epoch(tmp_path):

@@ -22,7 +22,7 @@ from emergeinit.bench import augment
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name, pick_device
 from emergeinit.bench.models import build_model
-from emergeinit.bench.protocols import lr_lambda, resolve_config
+from emergeinit.bench.protocols import has_batch_norm, lr_lambda, resolve_config
 
 __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "DATA_INITS"]
 
@@ -204,7 +204,11 @@ def _measure(model: nn.Module, config: Mapping[str, Any], data: ImageData) -> Di
     k = int(config["emergence_batch_size"])
     x = prepare_batch(data, data.train_x[:k], config, None, train=False)
     kwargs = {} if config.get("emergence_threshold") is None else {"threshold": config["emergence_threshold"]}
-    return emergeinit.measure_emergence(model, x, **kwargs).to_dict()
+    training = config.get("emergence_training")
+    if training is None:  # BN nets train on batch statistics: read E as the first steps see it
+        training = has_batch_norm(config["model"])
+    report = emergeinit.measure_emergence(model, x, training=bool(training), **kwargs).to_dict()
+    return {**report, "training": bool(training)}
 
 
 def _finite(value: Optional[float]) -> Optional[float]:

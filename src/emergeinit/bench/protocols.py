@@ -36,6 +36,7 @@ COMMON: Dict[str, Any] = {
     "init_batch_size": 128,       # data-dependent inits (metainit, gradinit, lsuv) see one batch
     "emergence_batch_size": 256,  # E at init is measured on this many training images
     "emergence_threshold": None,  # None: measure_emergence's own default
+    "emergence_training": None,   # E in train mode (batch statistics)? None: yes for BN nets only
     "seed": 0,
     "epochs": 1,                  # measured epochs; Acc_1 is the test accuracy after the first
     "extra_epoch": None,          # None | "const" | "warmup": one epoch before the measured ones
