@@ -120,8 +120,9 @@ def mlp_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]
                             color=line.get_color(), alpha=0.15)
     ax_loss.set(title="MLP: training loss per epoch", xlabel="epoch", ylabel="train loss")
     ax_acc.set(title="MLP: test accuracy per epoch", xlabel="epoch", ylabel="test accuracy (%)")
-    ax_loss.legend(fontsize=7)
-    ax_acc.legend(fontsize=7)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
