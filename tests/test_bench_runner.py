@@ -116,3 +116,25 @@ def test_append_record_cuts_only_a_torn_tail(tmp_path):
     assert [r["id"] for r in read_records(p)] == ["a"]
     append_record(p, {"id": "c"})
     assert [r["id"] for r in read_records(p)] == ["a", "c"]
+
+
+def test_append_keeps_a_whole_last_record_that_lost_its_newline(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"id":"a","status":"ok"}\n{"id":"b","status":"ok"}')  # an editor stripped the newline
+    append_record(p, {"id": "c", "status": "ok"})
+    assert [r["id"] for r in read_records(p)] == ["a", "b", "c"]
+    assert p.read_text().endswith("\n")
+
+
+def test_append_cuts_only_the_torn_last_line_however_long_the_file(tmp_path):
+    p = tmp_path / "r.jsonl"
+    big = {"id": "big", "status": "ok", "blob": "x" * (3 << 20)}  # a line longer than any read window
+    p.write_text(json.dumps(big) + "\n" + '{"id": "torn", "sta')
+    append_record(p, {"id": "c", "status": "ok"})
+    assert [r["id"] for r in read_records(p)] == ["big", "c"]
+    p.write_text('{"id": "only one torn line')  # no newline anywhere: the one line is torn
+    append_record(p, {"id": "d", "status": "ok"})
+    assert [r["id"] for r in read_records(p)] == ["d"]
+    p.write_text(json.dumps(big))  # one whole record, no newline, longer than 1 MiB
+    append_record(p, {"id": "e", "status": "ok"})
+    assert [r["id"] for r in read_records(p)] == ["big", "e"]

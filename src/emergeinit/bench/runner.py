@@ -2,7 +2,8 @@
 
 A record is the task's result plus where and how it ran (config, git commit, versions, device,
 wall time, status). Records are appended one whole line at a time and fsync'ed; a reader skips a
-torn last line, and the next append cuts it off. A grid resumes by skipping configs whose
+torn last line, and the next append cuts that line off (only a line that is not a whole record: a
+record whose newline was lost is kept). A grid resumes by skipping configs whose
 :func:`run_id` already has a finished record (``ok`` or ``diverged``; ``error`` runs are retried).
 
 The executor is the only seam between a grid and where its runs happen: anything with
@@ -80,8 +81,25 @@ def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, An
     return record
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """If the file does not end in a newline (a write was killed), drop its last partial line."""
+def _last_line_start(f: Any, size: int) -> int:
+    """Offset just after the last newline before ``size`` (0 when there is none), read backwards
+    in chunks so a line of any length is found whole."""
+    end = size
+    while end > 0:
+        start = max(0, end - (1 << 20))
+        f.seek(start)
+        chunk = f.read(end - start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def _mend_tail(path: Path) -> None:
+    """Make the file end in a newline before an append. A last line without one is kept (a newline
+    is added) when it is a whole JSON record (an editor stripped the newline); only a line that
+    does not parse (a write killed part-way) is cut, and never more than that one line."""
     with open(path, "rb+") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -90,11 +108,16 @@ def _cut_torn_tail(path: Path) -> None:
         f.seek(size - 1)
         if f.read(1) == b"\n":
             return
-        back = min(size, 1 << 20)
-        f.seek(size - back)
-        tail = f.read(back)
-        cut = tail.rfind(b"\n")
-        f.truncate(size - back + cut + 1 if cut >= 0 else 0)
+        start = _last_line_start(f, size)
+        f.seek(start)
+        tail = f.read(size - start)
+        try:
+            json.loads(tail)
+        except ValueError:  # torn (json.JSONDecodeError, or bytes that are not UTF-8)
+            f.truncate(start)
+            return
+        f.seek(size)
+        f.write(b"\n")
 
 
 def append_record(path: PathLike, record: Mapping[str, Any]) -> None:
@@ -102,7 +125,7 @@ def append_record(path: PathLike, record: Mapping[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        _cut_torn_tail(path)
+        _mend_tail(path)
     line = (json.dumps(record, default=str) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
