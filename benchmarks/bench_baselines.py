@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 import emergeinit as ei
-from emergeinit.bench.models import build_model, model_input_shape
+from emergeinit.models import build_model, model_input_shape
 
 PAPER_ITERS = {"metainit": 500, "gradinit": 390}
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 from emergeinit import layer_graph, layered_emergence, measure_emergence
-from emergeinit.bench.models import build_model
+from emergeinit.models import build_model
 
 
 def _best(fn, repeats: int) -> float:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from emergeinit import LayerGraph, graph_emergence, layer_graph, layered_emergence
-from emergeinit.bench.models import build_model
+from emergeinit.models import build_model
 from emergeinit.graph import LayerEdge, LayerNode
 
 

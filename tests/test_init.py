@@ -159,7 +159,7 @@ def test_blockwise_named_blocks_and_errors():
 
 
 def test_blockwise_residual_blocks_skip_the_stem_and_head():
-    from emergeinit.bench.models import build_model
+    from emergeinit.models import build_model
 
     model = build_model("resnet20")
     plan = ei.plan_emergence(model, alpha=2.0, scope="blockwise")

@@ -140,7 +140,7 @@ def test_named_blocks_patterns_innermost_and_no_match():
 
 
 def test_residual_blocks_leave_the_shortcut_out():
-    from emergeinit.bench.models import build_model
+    from emergeinit.models import build_model
 
     model = build_model("resnet20_bn")
     layers = find_weight_layers(model, torch.randn(2, 3, 32, 32))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from emergeinit.bench.models import build_model, model_input_shape
+from emergeinit.models import build_model, model_input_shape
 from emergeinit.layers import find_weight_layers
 
 # 16 biased 3x3 convs of the VGG-19 configuration, then Linear(512, 10)

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 # name -> (module, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("emergeinit.bench.commands.demo", "the README's demo: MLP on Fashion-MNIST, inits side by side"),
-    "measure": ("emergeinit.commands.measure", "measure the emergence E of a model, per layer"),
+    "measure": ("emergeinit.bench.commands.measure", "measure the emergence E of a model, per layer"),
     "init": ("emergeinit.commands.init", "print the emergence-init plan of a model"),
     "train": ("emergeinit.bench.commands.train", "train one configuration, append its record"),
     "compare": ("emergeinit.bench.commands.compare", "run a grid from a config file (resumable)"),

@@ -21,7 +21,7 @@ from torch import nn
 from emergeinit.bench import augment
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name, pick_device
-from emergeinit.bench.models import build_model
+from emergeinit.models import build_model
 from emergeinit.bench.protocols import has_batch_norm, lr_lambda, resolve_config
 
 __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "DATA_INITS"]

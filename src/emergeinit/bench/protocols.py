@@ -27,7 +27,7 @@ COMMON: Dict[str, Any] = {
     "task": "image",
     "protocol": "table1",
     "model": "vgg19",
-    "model_options": {},          # keyword arguments of bench.models.build_model
+    "model_options": {},          # keyword arguments of emergeinit.models.build_model
     "dataset": "cifar10",         # cifar10 | fashion-mnist (28×28×1) | fashion-mnist-32 (32×32×3)
     "data_dir": None,             # None: the dataset's default place (see bench.data)
     "download": False,            # fetch a missing dataset from its original location
@@ -105,7 +105,7 @@ EXTRA_EPOCH_LABELS = {"const": "+1 epoch (const LR)", "warmup": "+1 epoch (warmu
 
 
 def has_batch_norm(model: str) -> bool:
-    """Whether a model name of bench.models has batch norm (the ``_bn`` variants)."""
+    """Whether a model name of emergeinit.models has batch norm (the ``_bn`` variants)."""
     return model.endswith("_bn")
 
 

@@ -32,7 +32,7 @@ def _build(spec: str) -> Tuple[nn.Module, Tuple[int, ...]]:
     if ":" in spec:
         module_name, factory = spec.split(":", 1)
         return getattr(importlib.import_module(module_name), factory)(), ()
-    from emergeinit.bench.models import build_model, model_input_shape
+    from emergeinit.models import build_model, model_input_shape
 
     return build_model(spec), model_input_shape(spec)
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # pixel statistics of the Fashion-MNIST training set
 INITS = ("kaiming", "xavier", "emergence", "none")
 
 
@@ -31,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exponent schedule of the emergence init (default normalized)")
     parser.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist", "random"),
                         help="real Fashion-MNIST test images, or standard normal noise")
-    parser.add_argument("--data-dir", default=FASHION_DIR, help=f"Fashion-MNIST IDX files (default {FASHION_DIR})")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the Fashion-MNIST IDX files (default: the Debian package's)")
     parser.add_argument("--batch", type=int, default=256, help="number of samples (default 256)")
     parser.add_argument("--input-shape", default=None,
                         help="shape of one sample as C,H,W or F (default: from the model)")
@@ -44,32 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
-def _fashion_images(data_dir: str, count: int) -> torch.Tensor:
-    """The first ``count`` Fashion-MNIST test images, normalized, shape (count, 1, 28, 28)."""
-    from emergeinit.bench.data import read_idx
+def fashion_images(data_dir: Optional[str], count: int, shape: Sequence[int]) -> torch.Tensor:
+    """The first ``count`` Fashion-MNIST test images, normalized as the harness does, in the shape
+    the model wants: 1×28×28, flat 784, or 3×32×32 (zero-padded, channel-repeated)."""
+    from emergeinit.bench.data import load_fashion_mnist
 
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            images = read_idx(path)[:count].float().div_(255.0)
-            return ((images - FASHION_MEAN) / FASHION_STD).unsqueeze(1)
-    raise FileNotFoundError(
-        f"no Fashion-MNIST test images in {data_dir}: apt-get install dataset-fashion-mnist, "
-        "or use --data random"
-    )
-
-
-def _fit(images: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Fashion-MNIST (N, 1, 28, 28) as the model wants it: flat 784, or C×32×32 padded/repeated."""
     shape = tuple(shape)
-    if shape == (1, 28, 28):
-        return images
-    if shape == (784,):
-        return images.flatten(1)
-    if len(shape) == 3 and shape[1:] == (32, 32):
-        padded = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-FASHION_MEAN / FASHION_STD)
-        return padded.repeat(1, shape[0], 1, 1)
-    raise ValueError(f"cannot feed Fashion-MNIST to inputs of shape {shape}; use --data random")
+    if shape in ((1, 28, 28), (784,)):
+        data = load_fashion_mnist(data_dir)
+    elif shape == (3, 32, 32):
+        data = load_fashion_mnist(data_dir, pad32=True)
+    else:
+        raise ValueError(f"cannot feed Fashion-MNIST to inputs of shape {shape}; use --data random")
+    images = data.normalize(data.test_x[:count])
+    return images.flatten(1) if shape == (784,) else images
 
 
 def _build(spec: str, seed: int) -> Tuple[nn.Module, Tuple[int, ...]]:
@@ -82,7 +68,7 @@ def _build(spec: str, seed: int) -> Tuple[nn.Module, Tuple[int, ...]]:
         from emergeinit.layers import infer_example_input
 
         return model, tuple(infer_example_input(model, batch=1).shape[1:])
-    from emergeinit.bench.models import build_model, model_input_shape
+    from emergeinit.models import build_model, model_input_shape
 
     return build_model(spec), tuple(model_input_shape(spec))
 
@@ -90,7 +76,7 @@ def _build(spec: str, seed: int) -> Tuple[nn.Module, Tuple[int, ...]]:
 def _inputs(args: argparse.Namespace, shape: Tuple[int, ...]) -> torch.Tensor:
     if args.data == "random":
         return torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed))
-    return _fit(_fashion_images(args.data_dir, args.batch), shape)
+    return fashion_images(args.data_dir, args.batch, shape)
 
 
 def main(args: argparse.Namespace) -> int:
