@@ -16,7 +16,7 @@ from torch import nn
 
 from emergeinit import LayerGraph, graph_emergence, layer_graph, layered_emergence
 from emergeinit.models import build_model
-from emergeinit.graph import LayerEdge, LayerNode
+from emergeinit.emergence import LayerEdge, LayerNode
 
 
 def brute_force(adj, active):

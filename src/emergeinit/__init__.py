@@ -23,8 +23,8 @@ _EXPORTS: Dict[str, str] = {
     "layered_emergence": "emergeinit.emergence",
     "lemma_pivot": "emergeinit.emergence",
     "exact_pivot": "emergeinit.emergence",
-    "graph_emergence": "emergeinit.graph",
-    "LayerGraph": "emergeinit.graph",
+    "graph_emergence": "emergeinit.emergence",
+    "LayerGraph": "emergeinit.emergence",
     "layer_graph": "emergeinit.graph",
     "measure_emergence": "emergeinit.probe",
     "EmergenceReport": "emergeinit.probe",
@@ -63,8 +63,8 @@ def __dir__() -> List[str]:
 
 if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.baselines import InitRecord, initialize
-    from emergeinit.emergence import exact_pivot, layered_emergence, lemma_pivot
-    from emergeinit.graph import LayerGraph, graph_emergence, layer_graph
+    from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
+    from emergeinit.graph import layer_graph
     from emergeinit.init import InitPlan, PlannedLayer, apply_plan_, emergence_init_, plan_emergence
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
     from emergeinit.lr import layerwise_lr_groups

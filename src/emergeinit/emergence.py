@@ -1,20 +1,35 @@
-"""Emergence of a layered network from its node counts: eq 2 of the paper (eq 12 with channel
-counts as widths) and the pivot layer of the lemma (eq 4-5).
+"""Pure counting of emergence: eq 2 (eq 12 with channel counts as widths), the pivot layers of the
+lemma (eq 4-5), eq 1 on any DAG, and the layer-level graph that defines E for networks with skip
+connections (the paper leaves ResNets to future work). No model is run here: see
+:mod:`emergeinit.trace` for reading a model into a :class:`LayerGraph`.
 
-E counts the directed paths that start at an inactive node of some layer i and end at an active
-node of a later layer j of a fully connected layered network:
+E counts the directed paths that start at an inactive node and end at an active node. On a fully
+connected layered network with widths n_i and active counts a_i (eq 2):
 ``E = sum_{i<j} (n_i - a_i) * a_j * prod_{i<k<j} n_k``.
 Layers are indexed from 0 everywhere in this package (the paper counts from 1).
+
+A :class:`LayerGraph` groups nodes by layer: each graph node is a set of ``width`` network nodes
+(units of a Linear output, channels of a Conv output, read after the nonlinearity that follows).
+A ``"full"`` edge connects every node of the source to every node of the target (data flowing
+through a weight layer); an ``"identity"`` edge connects node k of the source to node k of the
+target, for k below both widths (a parameter-free skip connection: identity, pooling,
+normalization, zero-padded channels). See docs/emergence.md.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["layered_emergence", "lemma_pivot", "exact_pivot", "Number"]
+import torch
+
+__all__ = [
+    "layered_emergence", "lemma_pivot", "exact_pivot", "graph_emergence",
+    "LayerGraph", "LayerNode", "LayerEdge", "Number",
+]
 
 Number = Union[int, float]
 
@@ -175,3 +190,281 @@ def exact_pivot(widths: Sequence[Number], active: Sequence[Number]) -> int:
         if out[i] > into[i]:
             pivot = i
     return pivot
+
+
+# ---------------------------------------------------------------------------------- eq 1 on a DAG
+
+def _edges(adjacency: Any) -> Tuple[int, List[Tuple[int, int]]]:
+    """Node count and edge list of a 0/1 matrix: numpy, torch (dense or sparse), scipy.sparse."""
+    if hasattr(adjacency, "tocoo") and not isinstance(adjacency, torch.Tensor):  # scipy.sparse
+        coo = adjacency.tocoo()
+        shape = tuple(coo.shape)
+        entries: Dict[Tuple[int, int], float] = {}
+        for r, c, v in zip(coo.row.tolist(), coo.col.tolist(), coo.data.tolist()):
+            entries[(r, c)] = entries.get((r, c), 0) + v  # unsummed duplicates add up
+        values = [(r, c, v) for (r, c), v in entries.items()]
+    else:
+        t = adjacency if isinstance(adjacency, torch.Tensor) else torch.as_tensor(adjacency)
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        shape = tuple(t.shape)
+        values = []
+        if len(shape) == 2:
+            if t.is_floating_point() and bool(torch.isnan(t).any()):
+                raise ValueError(f"adjacency has NaN at {torch.isnan(t).nonzero()[0].tolist()}")
+            nz = t.nonzero()
+            values = list(zip(nz[:, 0].tolist(), nz[:, 1].tolist(), t[nz[:, 0], nz[:, 1]].tolist()))
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"adjacency must be a square N x N matrix, got shape {shape}")
+    edges = []
+    for r, c, v in values:
+        if v != v:
+            raise ValueError(f"adjacency has NaN at [{r}, {c}]")
+        if v == 0:
+            continue
+        if v != 1:
+            raise ValueError(f"adjacency must be a 0/1 matrix, found {v} at [{r}, {c}]")
+        edges.append((int(r), int(c)))
+    return int(shape[0]), edges
+
+
+def _active_mask(active: Any, count: int) -> List[bool]:
+    values = active.tolist() if hasattr(active, "tolist") else list(active)
+    if len(values) != count:
+        raise ValueError(f"active has {len(values)} entries, the graph has {count} nodes")
+    mask = []
+    for i, v in enumerate(values):
+        if v != v:
+            raise ValueError(f"active[{i}] is NaN")
+        if v not in (0, 1):
+            raise ValueError(f"active must be a bool (0/1) vector, found {v!r} at {i}")
+        mask.append(bool(v))
+    return mask
+
+
+def _topological_order(count: int, edges: Sequence[Tuple[int, int]]) -> List[int]:
+    """Kahn's algorithm; a cycle (self-loops included) is a ValueError naming a node on it."""
+    indegree = [0] * count
+    out: List[List[int]] = [[] for _ in range(count)]
+    for u, v in edges:
+        out[u].append(v)
+        indegree[v] += 1
+    ready = [u for u in range(count) if indegree[u] == 0]
+    order: List[int] = []
+    while ready:
+        u = ready.pop()
+        order.append(u)
+        for v in out[u]:
+            indegree[v] -= 1
+            if indegree[v] == 0:
+                ready.append(v)
+    if len(order) != count:
+        stuck = next(u for u in range(count) if indegree[u] > 0)
+        raise ValueError(f"adjacency has a cycle (through node {stuck}): emergence is defined on DAGs only")
+    return order
+
+
+def graph_emergence(adjacency: Any, active: Any, *, log: bool = False) -> Number:
+    """Eq 1 on an explicit DAG: the number of directed paths from inactive to active nodes.
+
+    ``adjacency`` is an N x N 0/1 matrix (numpy, torch dense or sparse, scipy.sparse) with the
+    edge i -> j at ``[i, j]``; ``active`` a length-N bool vector. Returns the exact Python int, or
+    with ``log=True`` its natural log computed in log space (0 paths gives ``-inf``). A cycle is a
+    ValueError. One pass in topological order: S[v] = sum over edges u -> v of (S[u] + [u inactive])
+    counts the paths from inactive nodes into v, and E = sum of S over active nodes.
+    """
+    count, edges = _edges(adjacency)
+    mask = _active_mask(active, count)
+    order = _topological_order(count, edges)
+    out: List[List[int]] = [[] for _ in range(count)]
+    for u, v in edges:
+        out[u].append(v)
+    if log:
+        ls = [-math.inf] * count
+        for u in order:
+            carry = _logaddexp(ls[u], -math.inf if mask[u] else 0.0)
+            for v in out[u]:
+                ls[v] = _logaddexp(ls[v], carry)
+        total = -math.inf
+        for v in range(count):
+            if mask[v]:
+                total = _logaddexp(total, ls[v])
+        return total
+    s = [0] * count
+    for u in order:
+        carry = s[u] + (0 if mask[u] else 1)
+        if carry:
+            for v in out[u]:
+                s[v] += carry
+    return sum(s[v] for v in range(count) if mask[v])
+
+
+# -------------------------------------------------------------------------------- the layer graph
+
+@dataclass(frozen=True)
+class LayerNode:
+    """A set of ``width`` network nodes: the output of one or more weight layers (or the input)."""
+
+    name: str
+    width: int
+    layers: Tuple[str, ...] = ()  # keys of the weight layers whose outputs these nodes are
+    kind: str = "linear"  # "linear" (units on the last dim) | "conv" (channels, dim 1) | "input"
+
+
+@dataclass(frozen=True)
+class LayerEdge:
+    """``full``: every source node feeds every target node; ``identity``: node k feeds node k."""
+
+    src: int
+    dst: int
+    kind: str = "full"
+
+
+def _lcm(a: int, b: int) -> int:
+    return a // math.gcd(a, b) * b
+
+
+@dataclass(frozen=True)
+class LayerGraph:
+    """Layer-level DAG: ``nodes`` in a topological order (execution order), ``edges`` between them."""
+
+    nodes: Tuple[LayerNode, ...]
+    edges: Tuple[LayerEdge, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        seen = set()
+        for e in self.edges:
+            if e.kind not in ("full", "identity"):
+                raise ValueError(f"edge kind must be 'full' or 'identity', got {e.kind!r}")
+            if not (0 <= e.src < e.dst < len(self.nodes)):
+                raise ValueError(f"edge {e.src} -> {e.dst} does not go forward between nodes 0..{len(self.nodes) - 1}")
+            if (e.src, e.dst) in seen:
+                raise ValueError(f"edge {e.src} -> {e.dst} appears twice")
+            seen.add((e.src, e.dst))
+
+    @classmethod
+    def chain(cls, widths: Sequence[int], names: Optional[Sequence[str]] = None) -> "LayerGraph":
+        """A plain feed-forward chain: node i fully connected to node i + 1."""
+        names = list(names) if names is not None else [str(i) for i in range(len(widths))]
+        nodes = tuple(LayerNode(n, int(w)) for n, w in zip(names, widths))
+        return cls(nodes, tuple(LayerEdge(i, i + 1) for i in range(len(nodes) - 1)))
+
+    @property
+    def widths(self) -> List[int]:
+        return [n.width for n in self.nodes]
+
+    @property
+    def names(self) -> List[str]:
+        return [n.name for n in self.nodes]
+
+    def is_chain(self) -> bool:
+        """True when the edges are exactly the full edges i -> i + 1 (eq 2 applies as is)."""
+        want = {(i, i + 1) for i in range(len(self.nodes) - 1)}
+        return all(e.kind == "full" for e in self.edges) and {(e.src, e.dst) for e in self.edges} == want
+
+    def node_adjacency(self) -> torch.Tensor:
+        """The network-node DAG these layers stand for, as a dense N x N uint8 matrix (small nets)."""
+        starts = [0]
+        for n in self.nodes:
+            starts.append(starts[-1] + n.width)
+        adj = torch.zeros(starts[-1], starts[-1], dtype=torch.uint8)
+        for e in self.edges:
+            s, d = starts[e.src], starts[e.dst]
+            if e.kind == "full":
+                adj[s:s + self.nodes[e.src].width, d:d + self.nodes[e.dst].width] = 1
+            else:
+                k = torch.arange(min(self.nodes[e.src].width, self.nodes[e.dst].width))
+                adj[s + k, d + k] = 1
+        return adj
+
+    def emergence(self, active: Sequence[Any], *, log: bool = False) -> Number:
+        """E of the network-node DAG (eq 1), one entry of ``active`` per layer node.
+
+        An entry is a count a_i (int or float, 0 <= a_i <= width), or a per-node sequence of
+        activity weights in [0, 1] (bools, or the fraction of samples in which each node was
+        active). A count on a node that an identity edge touches is spread evenly over its nodes.
+        Exact: the int when the weights are ints (or the graph's edges are all full and the
+        counts ints), else the float nearest the exact rational value (inf past float range);
+        ``log=True`` gives the natural log of that exact value, finite at any depth.
+        """
+        total, denom, whole = self._scaled_emergence(active)
+        if log:
+            return math.log(total) - 2 * math.log(denom) if total > 0 else -math.inf
+        return _to_number(Fraction(total, denom * denom), as_float=not whole)
+
+    def _scaled_emergence(self, active: Sequence[Any]) -> Tuple[int, int, bool]:
+        """(E * D**2, D, all inputs ints): E in integer arithmetic after scaling every activity
+        weight by D."""
+        if len(active) != len(self.nodes):
+            raise ValueError(f"active has {len(active)} entries, the graph has {len(self.nodes)} nodes")
+        touched = {e.src for e in self.edges if e.kind == "identity"}
+        touched |= {e.dst for e in self.edges if e.kind == "identity"}
+        whole = True
+        counts: List[Fraction] = []
+        per_node: List[Optional[List[Fraction]]] = []
+        for i, (node, value) in enumerate(zip(self.nodes, active)):
+            if hasattr(value, "tolist"):
+                value = value.tolist()
+            if isinstance(value, (list, tuple)):
+                if len(value) != node.width:
+                    raise ValueError(f"active[{i}] has {len(value)} weights, node {node.name!r} has width {node.width}")
+                weights = [_activity(v, f"active[{i}][{k}]") for k, v in enumerate(value)]
+                whole = whole and all(isinstance(v, numbers.Integral) for v in value)
+                counts.append(sum(weights, Fraction(0)))
+                per_node.append(weights)
+            else:
+                a = _activity(value, f"active[{i}]", upper=node.width)
+                whole = whole and isinstance(value, numbers.Integral)
+                counts.append(a)
+                per_node.append([a / node.width] * node.width if i in touched and node.width else None)
+        denom = 1
+        for c, p in zip(counts, per_node):
+            denom = _lcm(denom, c.denominator)
+            for w in p or ():
+                denom = _lcm(denom, w.denominator)
+        act = [int(c * denom) for c in counts]
+        inact = [n.width * denom - a for n, a in zip(self.nodes, act)]
+        p_act = [[int(w * denom) for w in p] if p is not None else None for p in per_node]
+        incoming: List[List[LayerEdge]] = [[] for _ in self.nodes]
+        for e in self.edges:
+            incoming[e.dst].append(e)
+        uniform: List[int] = []  # paths (times D) from inactive nodes into each node, shared part
+        extra: List[Optional[List[int]]] = []  # plus a per-node part from identity edges
+        total = 0
+        for g, node in enumerate(self.nodes):
+            c = 0
+            d: Optional[List[int]] = None
+            for e in incoming[g]:
+                u = e.src
+                if e.kind == "full":
+                    c += self.nodes[u].width * uniform[u] + sum(extra[u] or ()) + inact[u]
+                else:
+                    if d is None:
+                        d = [0] * node.width
+                    pu = p_act[u]
+                    du = extra[u]
+                    for k in range(min(node.width, self.nodes[u].width)):
+                        q = denom - pu[k]  # type: ignore[index]
+                        d[k] += uniform[u] + (du[k] if du else 0) + q
+            uniform.append(c)
+            extra.append(d)
+            total += c * act[g]
+            if d is not None:
+                pg = p_act[g]
+                total += sum(w * x for w, x in zip(pg, d))  # type: ignore[arg-type]
+        return total, denom, whole
+
+
+def _activity(value: Any, what: str, upper: int = 1) -> Fraction:
+    """An activity in [0, upper] as the exact Fraction it stands for."""
+    if isinstance(value, bool):
+        return Fraction(int(value))
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if math.isnan(f):
+        raise ValueError(f"{what} is NaN")
+    if not 0 <= f <= upper:
+        raise ValueError(f"{what} = {value} is outside [0, {upper}]")
+    return Fraction(int(value)) if isinstance(value, numbers.Integral) else Fraction(f)
