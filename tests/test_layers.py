@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from emergeinit.layers import find_blocks, find_weight_layers, infer_example_input
+from emergeinit.layers import find_blocks, find_weight_layers
+from emergeinit.trace import infer_example_input
 
 
 class Reversed(nn.Module):

@@ -25,7 +25,7 @@ _EXPORTS: Dict[str, str] = {
     "exact_pivot": "emergeinit.emergence",
     "graph_emergence": "emergeinit.emergence",
     "LayerGraph": "emergeinit.emergence",
-    "layer_graph": "emergeinit.graph",
+    "layer_graph": "emergeinit.probe",
     "measure_emergence": "emergeinit.probe",
     "EmergenceReport": "emergeinit.probe",
     "LayerActivity": "emergeinit.probe",
@@ -64,10 +64,9 @@ def __dir__() -> List[str]:
 if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.baselines import InitRecord, initialize
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
-    from emergeinit.graph import layer_graph
     from emergeinit.init import InitPlan, PlannedLayer, apply_plan_, emergence_init_, plan_emergence
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
     from emergeinit.lr import layerwise_lr_groups
-    from emergeinit.probe import EmergenceReport, LayerActivity, measure_emergence
+    from emergeinit.probe import EmergenceReport, LayerActivity, layer_graph, measure_emergence
     from emergeinit.schedules import alpha_for_lr, auto_alpha
     from emergeinit.transformer import encoder_decoder_init_, tfixup_init_

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers, preserve_state, run_model
+from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
+from emergeinit.trace import call_order, fork_rng, meta_stand_ins, to_meta
 from emergeinit.schedules import Schedule, check_alpha, exponents, resolve_schedule
 
 __all__ = ["PlannedLayer", "InitPlan", "plan_emergence", "apply_plan_", "emergence_init_", "BASES"]
@@ -152,30 +152,6 @@ def _bias_key(layer: WeightLayer) -> Optional[str]:
     return None
 
 
-def _trace_extra(model: nn.Module, example_input: Any, types: Tuple[type, ...],
-                 weight_modules: Sequence[nn.Module]) -> List[nn.Module]:
-    """Call order of the modules of ``types`` and ``weight_modules`` (one eval forward, no grad)."""
-    calls: List[nn.Module] = []
-    wanted = {id(m) for m in weight_modules}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args: calls.append(mod))
-        for m in model.modules() if isinstance(m, types) or id(m) in wanted
-    ]
-    try:
-        with preserve_state(model), torch.no_grad():
-            model.eval()
-            run_model(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    seen, order = set(), []
-    for m in calls:
-        if id(m) not in seen:
-            seen.add(id(m))
-            order.append(m)
-    return order
-
-
 def _entries(model: nn.Module, layers: List[WeightLayer], example_input: Any, *,
              embeddings: bool, norms: bool) -> Tuple[List[Tuple[str, str, str, Any, Optional[str]]],
                                                       Dict[str, int]]:
@@ -184,12 +160,9 @@ def _entries(model: nn.Module, layers: List[WeightLayer], example_input: Any, *,
     base = [(l.name, l.key, l.kind, l.weight, _bias_key(l)) for l in layers]
     if not (embeddings or norms):
         return base, {}
-    from emergeinit.layers import infer_example_input
-
-    if example_input is None:
-        example_input = infer_example_input(model)
     types = (_EMBEDDING_TYPES if embeddings else ()) + (_NORM_TYPES if norms else ())
-    order = _trace_extra(model, example_input, types, [l.module for l in layers])
+    wanted = {id(l.module) for l in layers}
+    order = call_order(model, [m for m in model.modules() if isinstance(m, types) or id(m) in wanted], example_input)
     pos = {id(m): i for i, m in enumerate(order)}
     names = {id(m): n for n, m in model.named_modules()}
     # weight layers not hooked (MultiheadAttention's out_proj is applied functionally) sit just
@@ -219,48 +192,13 @@ def _entries(model: nn.Module, layers: List[WeightLayer], example_input: Any, *,
     return entries, follows
 
 
-@contextmanager
-def _meta_stand_ins(model: nn.Module):
-    """Temporarily replace every parameter and buffer by a meta tensor of the same shape (ties
-    kept), so a trace costs no arithmetic and no pass over the weights; restored on exit."""
-    twins: Dict[int, torch.Tensor] = {}
-    saved: List[Tuple[Dict[str, Any], str, torch.Tensor]] = []
-    try:
-        for m in model.modules():
-            for store in (m._parameters, m._buffers):
-                for name, t in list(store.items()):
-                    if t is None:
-                        continue
-                    if id(t) not in twins:
-                        twin = t.detach().to("meta")
-                        if isinstance(t, nn.Parameter):
-                            twin = nn.Parameter(twin, requires_grad=t.requires_grad)
-                        twins[id(t)] = twin
-                    saved.append((store, name, t))
-                    store[name] = twins[id(t)]
-        yield
-    finally:
-        for store, name, t in reversed(saved):
-            store[name] = t
-
-
-def _to_meta(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to("meta")
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_meta(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_meta(v) for k, v in x.items()}
-    return x
-
-
 def _find(model: nn.Module, example_input: Any, order: str, trace: str, embeddings: bool, norms: bool):
     """Weight layers and scheduled entries, traced on meta stand-ins when ``trace="meta"`` (falling
     back to the real weights when the forward cannot run on meta tensors)."""
     if trace == "meta" and order == "execution":
         try:
-            with _meta_stand_ins(model):
-                meta_input = _to_meta(example_input)
+            with meta_stand_ins(model):
+                meta_input = to_meta(example_input)
                 layers = find_weight_layers(model, meta_input, order=order)
                 entries, follows = _entries(model, layers, meta_input, embeddings=embeddings, norms=norms)
             # entries hold the stand-ins: swap the real tensors back in
@@ -312,8 +250,7 @@ def plan_emergence(
         raise ValueError(f"unknown scope {scope!r}: use 'global' or 'blockwise'")
     if scope == "global" and blocks is not None:
         raise ValueError("blocks= is only used with scope='blockwise'")
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):  # planning never moves the user's random state
+    with fork_rng(model):  # planning never moves the user's random state
         layers, entries, follows = _find(model, example_input, order, trace, embeddings, norms)
     groups: List[Tuple[Optional[str], List[int]]]
     if scope == "global":

@@ -1,32 +1,42 @@
-"""Find a model's weight layers in execution order and group them into blocks.
+"""A model's weight layers in execution order, its blocks, and the one way to name modules.
 
 A *weight layer* is a weight tensor of an ``nn.Linear``, an ``nn.ConvNd`` (transposed included) or
 an ``nn.MultiheadAttention`` (its input and output projections) that the forward pass actually
-uses. Order is the order of use on an example input, not the order of registration, and a tensor
-shared by several modules (tied embeddings / output projections) is one layer.
+uses. Order is the order of use on an example input (traced by :mod:`emergeinit.trace`), not the
+order of registration, and a tensor shared by several modules (tied embeddings / output
+projections) is one layer. Modules are named by :func:`match_modules` wherever a user picks them
+(``blocks=``, ``encoder_layers=``, ``decoder_layers=``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from emergeinit.trace import call_order
+
 __all__ = [
     "WeightLayer",
     "find_weight_layers",
-    "find_blocks",
-    "run_model",
-    "infer_example_input",
-    "preserve_state",
-    "is_block_module",
     "layer_by_module",
+    "qualified_name",
+    "packed_qkv_rows",
+    "ModuleSpec",
+    "match_modules",
+    "is_block_module",
+    "find_blocks",
 ]
 
-_CONV_TYPES = (nn.modules.conv._ConvNd,)
+ModuleSpec = Union[str, nn.Module, Iterable[Union[str, nn.Module]]]
+
+
+def qualified_name(module_name: str, attr: str) -> str:
+    """``"features.0"`` + ``"weight"`` -> ``"features.0.weight"`` (the root module has no name)."""
+    return f"{module_name}.{attr}" if module_name else attr
 
 
 @dataclass(frozen=True)
@@ -42,111 +52,82 @@ class WeightLayer:
     @property
     def key(self) -> str:
         """Unique name of the tensor: module name plus parameter name."""
-        return f"{self.name}.{self.param_name}" if self.name else self.param_name
+        return qualified_name(self.name, self.param_name)
 
     @property
     def weight(self) -> torch.Tensor:
         return getattr(self.module, self.param_name)
 
     @property
-    def bias(self) -> Optional[torch.Tensor]:
+    def _bias_name(self) -> Optional[str]:
         if self.kind == "attention":
-            bias_name = {"in_proj_weight": "in_proj_bias"}.get(self.param_name)
-            return getattr(self.module, bias_name, None) if bias_name else None
-        return getattr(self.module, "bias", None)
+            return "in_proj_bias" if self.param_name == "in_proj_weight" else None
+        return "bias"
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        name = self._bias_name
+        return getattr(self.module, name, None) if name else None
+
+    @property
+    def bias_key(self) -> Optional[str]:
+        """Parameter name of the bias, for ``model.get_parameter``; None when there is none."""
+        name = self._bias_name
+        if name is None or self.module._parameters.get(name) is None:
+            return None
+        return qualified_name(self.name, name)
 
     @property
     def out_nodes(self) -> int:
         """Nodes this layer produces: output units of a Linear, output channels of a Conv."""
         w = self.weight
-        if self.kind == "conv" and isinstance(self.module, nn.modules.conv._ConvTransposeNd):
+        if isinstance(self.module, nn.modules.conv._ConvTransposeNd):
             return int(w.shape[1]) * self.module.groups
         return int(w.shape[0])
+
+    @property
+    def in_nodes(self) -> int:
+        """Nodes this layer reads: input features of a Linear, input channels of a Conv."""
+        w = self.weight
+        if isinstance(self.module, nn.modules.conv._ConvTransposeNd):
+            return int(w.shape[0])
+        if self.kind == "conv":
+            return int(w.shape[1]) * int(getattr(self.module, "groups", 1))
+        return int(w.shape[1])
 
 
 def _weight_params(module: nn.Module) -> List[Tuple[str, str]]:
     """(param_name, kind) pairs of the weight tensors a module uses, in the order it uses them."""
     if isinstance(module, nn.MultiheadAttention):
         if module._qkv_same_embed_dim:
-            names = ["in_proj_weight"]
-        else:
-            names = ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
-        return [(n, "attention") for n in names]
+            return [("in_proj_weight", "attention")]
+        return [(f"{p}_proj_weight", "attention") for p in "qkv"]
     if isinstance(module, nn.Linear):
         return [("weight", "linear")]
-    if isinstance(module, _CONV_TYPES):
+    if isinstance(module, nn.modules.conv._ConvNd):
         return [("weight", "conv")]
     return []
 
 
-def run_model(model: nn.Module, example_input: Any) -> Any:
-    """Call ``model`` on a tensor, a tuple of positional arguments, or a dict of keywords."""
-    if isinstance(example_input, dict):
-        return model(**example_input)
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
+def packed_qkv_rows(key: str, rows: int) -> Optional[List[Tuple[int, int]]]:
+    """Row ranges of q, k and v in a packed ``in_proj_weight`` of ``rows`` rows, each drawn and
+    scaled as a separate projection would be; None for any other tensor."""
+    if not key.endswith("in_proj_weight") or rows % 3:
+        return None
+    e = rows // 3
+    return [(0, e), (e, 2 * e), (2 * e, 3 * e)]
 
 
-class preserve_state:
-    """Context manager: restore every module's train/eval flag and every buffer (BN statistics)."""
-
-    def __init__(self, model: nn.Module, *, buffers: bool = True):
-        self.model = model
-        self.buffers = buffers
-
-    def __enter__(self) -> "preserve_state":
-        self._modes = [(m, m.training) for m in self.model.modules()]
-        self._buffers = (
-            [(b, b.detach().clone()) for b in self.model.buffers() if b.device.type != "meta"]
-            if self.buffers
-            else []
-        )
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, mode in self._modes:
-            m.training = mode
-        with torch.no_grad():
-            for b, saved in self._buffers:
-                b.copy_(saved)
-
-
-def _candidate_inputs(model: nn.Module, batch: int) -> Iterator[torch.Tensor]:
-    """Inputs shaped for each Linear/Conv in registration order, until an embedding or attention."""
-    seen = set()
-    for module in model.modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)):
-            return
-        if isinstance(module, (nn.Linear,) + _CONV_TYPES):
-            w = module.weight
-            if isinstance(module, nn.Linear):
-                shape: Tuple[int, ...] = (batch, module.in_features)
-            else:
-                shape = (batch, module.in_channels, *([32] * (w.dim() - 2)))
-            if shape not in seen:
-                seen.add(shape)
-                yield torch.randn(shape, device=w.device, dtype=w.dtype)
-
-
-def infer_example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    """An input the model accepts, shaped from its Linear/Conv layers (Conv: 32-pixel sides).
-
-    Candidates come from each layer in registration order, the first the forward accepts wins;
-    models that start with an embedding or attention need a real input, and say so.
-    """
-    for candidate in _candidate_inputs(model, batch):
-        try:
-            with preserve_state(model), torch.no_grad():
-                model.eval()
-                run_model(model, candidate)
-            return candidate
-        except Exception:
-            continue
-    raise ValueError(
-        f"cannot infer an input for {type(model).__name__} from its layers (embeddings and "
-        "attention need real inputs); pass example_input="
-    )
+def _with_out_projections(calls: List[nn.Module]) -> List[nn.Module]:
+    """``nn.MultiheadAttention`` applies its ``out_proj`` functionally: it follows the input projection."""
+    seen = {id(m) for m in calls}
+    ordered: List[nn.Module] = []
+    for m in calls:
+        ordered.append(m)
+        if isinstance(m, nn.MultiheadAttention) and id(m.out_proj) not in seen:
+            seen.add(id(m.out_proj))
+            ordered.append(m.out_proj)
+    return ordered
 
 
 def find_weight_layers(
@@ -164,50 +145,35 @@ def find_weight_layers(
     """
     if order not in ("execution", "registration"):
         raise ValueError(f"unknown order {order!r}: use 'execution' or 'registration'")
+    owners = [m for m in model.modules() if _weight_params(m)]
+    if not owners:
+        raise ValueError(
+            f"{type(model).__name__} has no weight layers (Linear, ConvNd or MultiheadAttention)"
+        )
+    if order == "execution":
+        owners = _with_out_projections(call_order(model, owners, example_input))
     names = {id(m): n for n, m in model.named_modules()}
-    if order == "registration":
-        used = [m for _, m in model.named_modules() if _weight_params(m)]
-    else:
-        used = _trace_calls(model, example_input, names)
     layers: List[WeightLayer] = []
     by_tensor: Dict[int, int] = {}
-    for module in used:
+    for module in owners:
+        name = names[id(module)]
         for param_name, kind in _weight_params(module):
             tensor = getattr(module, param_name, None)
             if tensor is None:
                 continue
-            name = names[id(module)]
-            if id(tensor) in by_tensor:
-                i = by_tensor[id(tensor)]
-                first = layers[i]
-                if name != first.name and name not in first.aliases:
-                    layers[i] = WeightLayer(
-                        first.name, first.module, first.param_name, first.kind,
-                        first.aliases + (name,),
-                    )
+            if id(tensor) not in by_tensor:
+                by_tensor[id(tensor)] = len(layers)
+                layers.append(WeightLayer(name, module, param_name, kind))
                 continue
-            by_tensor[id(tensor)] = len(layers)
-            layers.append(WeightLayer(name, module, param_name, kind))
+            first = layers[by_tensor[id(tensor)]]  # a tied weight: one layer, more names
+            if name != first.name and name not in first.aliases:
+                layers[by_tensor[id(tensor)]] = replace(first, aliases=first.aliases + (name,))
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no weight layers (Linear, ConvNd or MultiheadAttention) "
             "used by its forward pass"
         )
     return layers
-
-
-class _no_attention_fastpath:
-    """Eval-mode transformer layers may skip their Linear modules (fused fast path): turn it off."""
-
-    def __enter__(self) -> None:
-        mha = getattr(torch.backends, "mha", None)
-        self._was = mha.get_fastpath_enabled() if mha else None
-        if mha:
-            mha.set_fastpath_enabled(False)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._was is not None:
-            torch.backends.mha.set_fastpath_enabled(self._was)
 
 
 def layer_by_module(model: nn.Module, layers: Sequence[WeightLayer]) -> Dict[int, WeightLayer]:
@@ -221,61 +187,41 @@ def layer_by_module(model: nn.Module, layers: Sequence[WeightLayer]) -> Dict[int
     return by_module
 
 
-def _trace_calls(model: nn.Module, example_input: Any, names: Dict[int, str]) -> List[nn.Module]:
-    if not any(_weight_params(m) for m in model.modules()):
-        raise ValueError(
-            f"{type(model).__name__} has no weight layers (Linear, ConvNd or MultiheadAttention)"
-        )
-    calls: List[nn.Module] = []
+# ------------------------------------------------------------------------------ naming modules
 
-    def pre_hook(module: nn.Module, args: Any) -> None:
-        calls.append(module)
+def _segments_match(parts: Sequence[str], pats: Sequence[str]) -> bool:
+    if not pats:
+        return not parts
+    if pats[0] == "**":
+        return any(_segments_match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and _segments_match(parts[1:], pats[1:])
 
-    # no example input: try each inferred candidate in the hooked forward itself (one pass)
-    inputs = [example_input] if example_input is not None else list(_candidate_inputs(model, 2))
-    handles = [
-        m.register_forward_pre_hook(pre_hook) for m in model.modules() if _weight_params(m)
-    ]
-    try:
-        with preserve_state(model), torch.no_grad(), _no_attention_fastpath():
-            model.eval()
-            for i, candidate in enumerate(inputs):
-                calls.clear()
-                try:
-                    run_model(model, candidate)
-                    break
-                except Exception as err:  # the user's forward: say what we were doing
-                    if example_input is not None:
-                        raise ValueError(
-                            f"tracing {type(model).__name__} on the example input failed "
-                            f"({type(err).__name__}: {err}); pass an example_input its forward "
-                            "accepts"
-                        ) from err
-            else:
-                raise ValueError(
-                    f"cannot infer an input for {type(model).__name__} from its layers "
-                    "(embeddings and attention need real inputs); pass example_input="
-                )
-    finally:
-        for h in handles:
-            h.remove()
-    seen: set = set()
-    ordered = []
-    for m in calls:
-        if id(m) not in seen:
-            seen.add(id(m))
-            ordered.append(m)
-    # nn.MultiheadAttention applies its out_proj functionally: it follows the input projection.
-    result: List[nn.Module] = []
-    for m in ordered:
-        if isinstance(m, nn.MultiheadAttention):
-            result.append(m)
-            if id(m.out_proj) not in seen:
-                seen.add(id(m.out_proj))
-                result.append(m.out_proj)
+
+def match_modules(model: nn.Module, spec: ModuleSpec, what: str = "module") -> List[str]:
+    """Names of the submodules ``spec`` picks, in the order given, each once.
+
+    ``spec`` is a module name, a pattern, a submodule, or an iterable of those. Patterns are
+    dotted names: ``*`` stands for exactly one name segment (``layers.*`` picks ``layers.0`` but not
+    ``layers.0.ffn``), ``**`` for any number of segments, none included (``**.ffn`` picks ``ffn``
+    and ``enc.layers.0.ffn``), and within one segment ``*``, ``?`` and ``[...]`` work as in fnmatch
+    (``layer*``). Strings never pick the root module. Every item must pick at least one module:
+    a ValueError names the ``what`` that did not.
+    """
+    items = [spec] if isinstance(spec, (str, nn.Module)) else list(spec)
+    names = {id(m): n for n, m in model.named_modules()}
+    chosen: List[str] = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            if id(item) not in names:
+                raise ValueError(f"{what} {type(item).__name__} is not a submodule of {type(model).__name__}")
+            hits = [names[id(item)]]
         else:
-            result.append(m)
-    return result
+            pattern = str(item).split(".")
+            hits = [n for n in names.values() if n and _segments_match(n.split("."), pattern)]
+            if not hits:
+                raise ValueError(f"{what} {item!r} matches no module of {type(model).__name__}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------- blocks
@@ -309,34 +255,22 @@ def _block_members(block_name: str, module: nn.Module, layers: Sequence[WeightLa
     return inside
 
 
-def _matches(name: str, pattern: str) -> bool:
-    """fnmatch per dotted segment: ``*`` stands for one module name, never for a dotted path."""
-    parts, pats = name.split("."), pattern.split(".")
-    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, p) for a, p in zip(parts, pats))
-
-
 def find_blocks(
     model: nn.Module,
     layers: Sequence[WeightLayer],
-    blocks: Optional[Iterable[str]] = None,
+    blocks: Optional[ModuleSpec] = None,
 ) -> Dict[str, List[WeightLayer]]:
     """Group weight layers into blocks, each block's layers in execution order.
 
-    ``blocks``: module names or patterns ("encoder.layers.*.ffn", ``*`` = one name segment); each must
-    match at least one module. When None, the default blocks of :func:`is_block_module`. A layer in
-    nested blocks belongs to the innermost one; layers in no block are left out.
+    ``blocks``: modules, names or patterns (``"encoder.layers.*.ffn"``; see :func:`match_modules`),
+    each matching at least one module. When None, the default blocks of :func:`is_block_module`.
+    A layer in nested blocks belongs to the innermost one; layers in no block are left out.
     """
     modules = dict(model.named_modules())
     if blocks is None:
         chosen = [n for n, m in modules.items() if n and is_block_module(m)]
     else:
-        patterns = [blocks] if isinstance(blocks, str) else list(blocks)
-        chosen = []
-        for pattern in patterns:
-            hits = [n for n in modules if n and _matches(n, pattern)]
-            if not hits:
-                raise ValueError(f"block {pattern!r} matches no module of {type(model).__name__}")
-            chosen.extend(h for h in hits if h not in chosen)
+        chosen = match_modules(model, blocks, "block")
     owner: Dict[str, str] = {}
     for block_name in sorted(chosen, key=len):  # innermost (longest) last: it wins
         for layer in _block_members(block_name, modules[block_name], layers):

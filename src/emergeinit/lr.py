@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from emergeinit.layers import WeightLayer, find_weight_layers, preserve_state, run_model
+from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.trace import fork_rng, forward_hooks, preserve_state, run_model
 
 __all__ = ["layerwise_lr_groups", "input_grad_norms"]
 
@@ -54,10 +55,6 @@ def input_grad_norms(
             for key in by_module[id(module)]:
                 seen.setdefault(key, []).append(x)
 
-    handles = [
-        m.register_forward_pre_hook(hook, with_kwargs=True)
-        for m in model.modules() if id(m) in by_module
-    ]
 
     def grad_ready(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -68,16 +65,12 @@ def input_grad_norms(
             return {k: grad_ready(v) for k, v in x.items()}
         return x
 
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    try:
-        with preserve_state(model), torch.random.fork_rng(devices=devices), torch.enable_grad():
-            model.train(train)
-            loss = loss_fn(run_model(model, grad_ready(inputs)), targets)
-            flat = [(k, x) for k, xs in seen.items() for x in xs]
-            grads = torch.autograd.grad(loss, [x for _, x in flat], allow_unused=True) if flat else ()
-    finally:
-        for h in handles:
-            h.remove()
+    hooked = [m for m in model.modules() if id(m) in by_module]
+    with preserve_state(model), fork_rng(model), torch.enable_grad(), forward_hooks(hooked, pre=hook):
+        model.train(train)
+        loss = loss_fn(run_model(model, grad_ready(inputs)), targets)
+        flat = [(k, x) for k, xs in seen.items() for x in xs]
+        grads = torch.autograd.grad(loss, [x for _, x in flat], allow_unused=True) if flat else ()
     sq: Dict[str, float] = {}
     for (key, _), g in zip(flat, grads):
         if g is not None:

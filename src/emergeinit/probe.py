@@ -2,28 +2,31 @@
 
 A node is a unit of a Linear output or a channel of a Conv output, read after the run of
 elementwise and normalization ops that follows the layer (BN, ReLU as a module, in place, or
-``F.relu`` in ``forward``). The model is traced once with torch.fx and run with cheap reductions
-inserted after those values; when fx cannot trace it, forward hooks on the layers and on the
-activation/normalization modules that follow them do the same (functional activations and skip
-connections are then not seen). See docs/emergence.md for the choices made here.
+``F.relu`` in ``forward``). The model is traced once with torch.fx (:func:`emergeinit.trace.trace_fx`)
+and run with cheap reductions inserted after those values; when fx cannot trace it, forward hooks
+on the layers and on the activation/normalization modules that follow them do the same
+(functional activations and skip connections are then not seen). See docs/emergence.md.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from emergeinit.emergence import Number, exact_pivot, layered_emergence, lemma_pivot
-from emergeinit.graph import _PASS_MODULES, LayerGraph, _in_nodes, _trace_groups, _Traced
-from emergeinit.layers import layer_by_module, WeightLayer, find_weight_layers, preserve_state, run_model
+from emergeinit.emergence import LayerEdge, LayerGraph, LayerNode, Number, exact_pivot, layered_emergence, lemma_pivot
+from emergeinit.layers import WeightLayer, find_weight_layers, layer_by_module
+from emergeinit.trace import ELEMENTWISE_MODULES, FxLayers, forward_hooks, fx_or_warn, preserve_state, run_model
 
-__all__ = ["measure_emergence", "EmergenceReport", "LayerActivity", "Pivot", "DEFAULT_THRESHOLD", "MODES"]
+__all__ = [
+    "measure_emergence", "layer_graph", "EmergenceReport", "LayerActivity", "Pivot",
+    "DEFAULT_THRESHOLD", "MODES",
+]
+
 
 DEFAULT_THRESHOLD = 0.05
 """A node is active when its value exceeds this. Positive on purpose: at 0 with zero biases, a
@@ -71,8 +74,13 @@ class EmergenceReport:
     mode: str
     samples: int
     graph: LayerGraph = field(repr=False)
-    residual: bool = False  # E computed on the layer graph (skip connections) rather than eq 2
+    on_graph: bool = False  # E computed on the layer graph (eq 1, skip connections) rather than by eq 2
     skipped: Tuple[str, ...] = ()  # weight layers not probed (attention inside MultiheadAttention)
+
+    @property
+    def residual(self) -> bool:
+        """The old name of :attr:`on_graph` (E was computed on the layer graph)."""
+        return self.on_graph
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-able dict (``value`` is None when it exceeds the float range; see ``log10``)."""
@@ -91,7 +99,8 @@ class EmergenceReport:
             "threshold": self.threshold,
             "mode": self.mode,
             "samples": self.samples,
-            "residual": self.residual,
+            "on_graph": self.on_graph,
+            "residual": self.on_graph,  # the old key, kept for readers of earlier records
             "edges": [[e.src, e.dst, e.kind] for e in self.graph.edges],
             "skipped": list(self.skipped),
         }
@@ -105,7 +114,7 @@ class EmergenceReport:
                 f"{i:>3}  {l.name:<{width}}  {l.nodes:>7}  {_fmt(l.active):>9}  "
                 f"{_fmt(l.inactive):>9}  {'+'.join(marks)}"
             )
-        how = "layer graph (skip connections)" if self.residual else "eq 2 (chain)"
+        how = "layer graph (skip connections)" if self.on_graph else "eq 2 (chain)"
         lines.append(
             f"E = {_fmt_big(self.value, self.log10)}  (log10 E = {self.log10:.3f}) via {how}; "
             f"threshold {self.threshold:g}, mode {self.mode}, {self.samples} samples"
@@ -204,17 +213,6 @@ class _Counts:
         self.pending.clear()
 
 
-class _Tap(nn.Module):
-    """Inserted into the traced graph after a layer's value: hands it to the tallies."""
-
-    def __init__(self, counts: _Counts, index: int):
-        super().__init__()
-        self.counts, self.index = counts, index
-
-    def forward(self, x: Any) -> None:
-        self.counts.record(self.index, x)
-
-
 def _batches(inputs: Any) -> Iterator[Any]:
     if isinstance(inputs, (torch.Tensor, dict)):
         yield inputs
@@ -249,27 +247,20 @@ def _run(model: nn.Module, inputs: Any, counts: _Counts) -> None:
         raise ValueError("inputs yielded no batches")
 
 
-def _count_traced(traced: _Traced, counts: _Counts, inputs: Any) -> Tuple[LayerGraph, List[str]]:
-    """Run the traced module with a tap after each layer's value."""
-    gm, graph = traced.module, traced.module.graph
-    for g, node in zip(traced.groups, traced.graph.nodes):
-        index = counts.add_layer(node.name, g.kind, node.width)
-        target = f"_emergeinit_tap_{index}"
-        gm.add_submodule(target, _Tap(counts, index))
-        where = graph.inserting_before(g.before) if g.before is not None else graph.inserting_after(g.read)
-        with where:
-            graph.call_module(target, (g.read,))
-    gm.recompile()
-    _run(gm, inputs, counts)
-    return traced.graph, traced.skipped
+# ------------------------------------------------------------------------- two ways to read nodes
+
+def _count_traced(traced: FxLayers, counts: _Counts, inputs: Any) -> Tuple[LayerGraph, FrozenSet[str]]:
+    """Run the fx-traced module with a tap on each layer node's value."""
+    for node, read in zip(traced.graph.nodes, traced.reads):
+        counts.add_layer(node.name, read.kind, node.width)
+    _run(traced.tapped(counts.record), inputs, counts)
+    return traced.graph, traced.probed
 
 
-def _count_hooked(model: nn.Module, counts: _Counts, inputs: Any, include_input: bool,
-                  include_output: bool) -> Tuple[LayerGraph, List[str]]:
-    """Fallback without fx: read each layer after the activation/normalization modules that
+def _count_hooked(model: nn.Module, layers: Mapping[int, WeightLayer], counts: _Counts, inputs: Any,
+                  include_input: bool, include_output: bool) -> Tuple[LayerGraph, FrozenSet[str]]:
+    """The fallback without fx: read each layer after the activation/normalization modules that
     consume its output directly (tracked by tensor identity, so in-place modules work)."""
-    all_layers = find_weight_layers(model, order="registration")
-    by_module = layer_by_module(model, all_layers)
     index: Dict[str, int] = {}  # call name -> tally, in execution order (first batch)
     layer_of: Dict[str, WeightLayer] = {}
     state: Dict[str, Any] = {"key": None, "last": None, "calls": {}}
@@ -279,50 +270,80 @@ def _count_hooked(model: nn.Module, counts: _Counts, inputs: Any, include_input:
             index[key] = counts.add_layer(key, kind, width)
         return index[key]
 
-    def on_layer(module: nn.Module, args: Any, out: Any) -> None:
-        layer = by_module[id(module)]
+    def on_layer(module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+        layer = layers[id(module)]
         calls = state["calls"]
         calls[layer.key] = calls.get(layer.key, 0) + 1
         key = layer.name if calls[layer.key] == 1 else f"{layer.name}#{calls[layer.key]}"
         if include_input and args and isinstance(args[0], torch.Tensor) and layer_of.get("input", layer) is layer:
             layer_of["input"] = layer
-            i = tally("input", layer.kind, _in_nodes(layer))
+            i = tally("input", layer.kind, layer.in_nodes)
             if i not in counts.pending:
                 counts.record(i, args[0])
         layer_of[key] = layer
         counts.record(tally(key, layer.kind, layer.out_nodes), out)
         state["key"], state["last"] = key, out
 
-    def on_pass(module: nn.Module, args: Any, out: Any) -> None:
+    def on_elementwise(module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
         key = state["key"]
         if key is not None and args and args[0] is state["last"] and isinstance(out, torch.Tensor):
             counts.record(index[key], out)  # overwrites the value read before this op
             state["last"] = out
 
-    def done(module: nn.Module, args: Any, out: Any) -> None:
+    def done(module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
         state.update(key=None, last=None, calls={})
 
-    handles = []
-    try:
-        for m in model.modules():
-            if id(m) in by_module:
-                handles.append(m.register_forward_hook(on_layer))
-            elif isinstance(m, _PASS_MODULES):
-                handles.append(m.register_forward_hook(on_pass))
-        handles.append(model.register_forward_hook(done))
+    weight_modules = [m for m in model.modules() if id(m) in layers]
+    elementwise = [m for m in model.modules() if id(m) not in layers and isinstance(m, ELEMENTWISE_MODULES)]
+    with forward_hooks(weight_modules, post=on_layer), forward_hooks(elementwise, post=on_elementwise), \
+            forward_hooks([model], post=done):
         _run(model, inputs, counts)
-    finally:
-        for h in handles:
-            h.remove()
     keys = [k for k in index if k != "input"]
     if not include_output and keys:
         keys = keys[:-1]
     if "input" in index:
         keys.insert(0, "input")
     counts.tallies = [counts.tallies[index[k]] for k in keys]
-    probed = {layer_of[k].key for k in index if k != "input"}
-    skipped = [l.key for l in all_layers if l.key not in probed]
-    return LayerGraph.chain([counts.tallies[i].width for i in range(len(keys))], keys), skipped
+    probed = frozenset(layer_of[k].key for k in index if k != "input")
+    return LayerGraph.chain([t.width for t in counts.tallies], keys), probed
+
+
+# -------------------------------------------------------------------------------- public API
+
+def _chain(layers: Sequence[WeightLayer], *, include_input: bool, include_output: bool) -> LayerGraph:
+    """The fallback graph: the probed layers as a plain chain, in execution order."""
+    nodes = [LayerNode(l.name, l.out_nodes, (l.key,), l.kind) for l in layers if l.kind in ("linear", "conv")]
+    if not include_output and nodes:
+        nodes = nodes[:-1]
+    if include_input and layers:
+        nodes.insert(0, LayerNode("input", layers[0].in_nodes, (), "input"))
+    return LayerGraph(tuple(nodes), tuple(LayerEdge(i, i + 1) for i in range(len(nodes) - 1)))
+
+
+def layer_graph(
+    model: nn.Module,
+    example_input: Any = None,
+    *,
+    include_input: bool = False,
+    include_output: bool = True,
+) -> LayerGraph:
+    """The layer-level DAG of ``model``, traced with torch.fx (no forward pass is run).
+
+    One graph node per set of network nodes a weight layer (Linear, ConvNd) writes, read after the
+    elementwise/normalization ops that follow it; layers whose outputs are summed before that
+    point (a conv shortcut and the residual branch) share one node. Edges through a weight layer
+    are ``full``; parameter-free skip connections are ``identity``. ``include_input`` adds the
+    input of the first layer as node 0; ``include_output=False`` drops the layer nodes nothing
+    reads from (the logits). When fx cannot trace the model, the layers found by running
+    ``example_input`` form a plain chain, with a warning.
+    """
+    layers = layer_by_module(model, find_weight_layers(model, order="registration"))
+    traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
+                        instead="using its layers as a plain chain (skip connections not seen)")
+    if traced is not None:
+        return traced.graph
+    return _chain(find_weight_layers(model, example_input), include_input=include_input,
+                  include_output=include_output)
 
 
 def measure_emergence(
@@ -333,8 +354,9 @@ def measure_emergence(
     mode: str = "count",
     include_input: bool = False,
     include_output: bool = True,
-    residual: Optional[bool] = None,
+    on_graph: Optional[bool] = None,
     training: bool = False,
+    residual: Optional[bool] = None,
 ) -> EmergenceReport:
     """The emergence E of ``model`` on ``inputs`` (a tensor, or an iterable of batches whose
     counts accumulate; a batch may be a tensor, a dict of keywords, or an (inputs, targets) pair).
@@ -346,56 +368,56 @@ def measure_emergence(
     samples exceeds the threshold. Layers: every probed weight layer, logits included
     (``include_output``); the first layer's input only with ``include_input``. When the model has
     skip connections E is computed on its layer graph (:func:`layer_graph`), else by eq 2;
-    ``residual=False``/``True`` forces one. Runs under ``torch.no_grad`` in eval mode
-    (``training=True`` for train mode); modes, buffers (BN statistics) and requires_grad are left
-    as they were, and no hook stays behind, even when ``forward`` raises.
+    ``on_graph=False``/``True`` forces one (``residual=`` is its old name, still accepted). Runs
+    under ``torch.no_grad`` in eval mode (``training=True`` for train mode); modes, buffers (BN
+    statistics) and requires_grad are left as they were, and no hook stays behind, even when
+    ``forward`` raises.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     threshold = float(threshold)
     if math.isnan(threshold):
         raise ValueError("threshold is NaN")
+    if residual is not None:
+        if on_graph is not None and on_graph != residual:
+            raise ValueError("residual= is the old name of on_graph=: pass one of them")
+        on_graph = residual
+    all_layers = find_weight_layers(model, order="registration")
+    layers = layer_by_module(model, all_layers)
+    counts = _Counts(threshold)
     with preserve_state(model), torch.no_grad():
         model.train(training)  # before tracing: a forward may branch on self.training
-        try:
-            traced: Optional[_Traced] = _trace_groups(
-                model, include_input=include_input, include_output=include_output
-            )
-        except Exception as err:  # noqa: BLE001 - any fx failure falls back to hooks
-            traced = None
-            warnings.warn(
-                f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
-                "measuring with forward hooks: functional activations and skip connections are not seen",
-                stacklevel=2,
-            )
-        counts = _Counts(threshold)
+        traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
+                            instead="measuring with forward hooks: functional activations and skip "
+                                    "connections are not seen")
         if traced is not None:
-            graph, skipped = _count_traced(traced, counts, inputs)
+            graph, probed = _count_traced(traced, counts, inputs)
         else:
-            graph, skipped = _count_hooked(model, counts, inputs, include_input, include_output)
-    return _report(counts.tallies, graph, skipped, threshold, mode, residual)
+            graph, probed = _count_hooked(model, layers, counts, inputs, include_input, include_output)
+    skipped = tuple(l.key for l in all_layers if l.key not in probed)
+    return _report(counts.tallies, graph, skipped, threshold, mode, on_graph)
 
 
-def _report(counters: List[_Tally], graph: LayerGraph, skipped: List[str], threshold: float,
-            mode: str, residual: Optional[bool]) -> EmergenceReport:
-    if not counters:
+def _report(tallies: List[_Tally], graph: LayerGraph, skipped: Tuple[str, ...], threshold: float,
+            mode: str, on_graph: Optional[bool]) -> EmergenceReport:
+    if not tallies:
         raise ValueError("no layer to measure: the model has no Linear or Conv layer its forward uses")
     layers: List[LayerActivity] = []
     weights: List[List[Any]] = []
-    for c in counters:
-        if c.rows == 0 or c.above is None or c.total is None:
-            raise ValueError(f"layer {c.name!r} never ran on the inputs")
+    for t in tallies:
+        if t.rows == 0 or t.above is None or t.total is None:
+            raise ValueError(f"layer {t.name!r} never ran on the inputs")
         if mode == "count":
-            above = c.above.tolist()
-            weights.append([Fraction(k, c.rows) for k in above])
-            layers.append(LayerActivity(c.name, c.width, sum(above) / c.rows))
+            above = t.above.tolist()
+            weights.append([Fraction(k, t.rows) for k in above])
+            layers.append(LayerActivity(t.name, t.width, sum(above) / t.rows))
         else:
-            mask = (c.total / c.rows > threshold).tolist()
+            mask = (t.total / t.rows > threshold).tolist()
             weights.append(mask)
-            layers.append(LayerActivity(c.name, c.width, int(sum(mask))))
+            layers.append(LayerActivity(t.name, t.width, int(sum(mask))))
     widths = [l.nodes for l in layers]
     actives = [l.active for l in layers]
-    use_graph = (not graph.is_chain()) if residual is None else residual
+    use_graph = (not graph.is_chain()) if on_graph is None else on_graph
     if use_graph:
         value = graph.emergence(weights)
         log_e = graph.emergence(weights, log=True)
@@ -409,8 +431,8 @@ def _report(counters: List[_Tally], graph: LayerGraph, skipped: List[str], thres
         pivot=Pivot(lemma_pivot(widths, actives), exact_pivot(widths, actives)),
         threshold=threshold,
         mode=mode,
-        samples=counters[0].rows,
+        samples=tallies[0].rows,
         graph=graph,
-        residual=use_graph,
-        skipped=tuple(skipped),
+        on_graph=use_graph,
+        skipped=skipped,
     )

@@ -103,7 +103,7 @@ DEFAULT_GRID: Tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 def _probe(model: nn.Module, batch: Any, loss_fn: Optional[Callable]) -> Tuple[float, float]:
     """(output RMS, gradient norm over all parameters) of one forward/backward on ``batch``."""
-    from emergeinit.layers import run_model
+    from emergeinit.trace import run_model
 
     if loss_fn is None:
         out = run_model(model, batch)
@@ -147,7 +147,7 @@ def auto_alpha(
     (otherwise the loss is ½·mean(output²)). ``return_trials=True`` also returns one dict per α.
     """
     from emergeinit.init import emergence_init_
-    from emergeinit.layers import preserve_state
+    from emergeinit.trace import preserve_state
 
     if criterion not in ("largest", "emergence"):
         raise ValueError(f"unknown criterion {criterion!r}: use 'largest' or 'emergence'")

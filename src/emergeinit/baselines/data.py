@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emergeinit.layers import run_model
+from emergeinit.trace import forward_hooks, run_model
 
 __all__ = [
     "Batch",
@@ -145,18 +145,13 @@ def first_nonfinite_layer(model: nn.Module, x: Any) -> Optional[str]:
     names = {id(m): n for n, m in model.named_modules()}
     found: List[str] = []
 
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
+    def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if not found and _has_nonfinite(output):
             found.append(names[id(module)] or type(module).__name__)
 
     leaves = [m for m in model.modules() if not list(m.children())] or [model]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            run_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(leaves, post=hook), torch.no_grad():
+        run_model(model, x)
     return found[0] if found else None
 
 

@@ -28,7 +28,7 @@ from emergeinit.baselines.data import (
 )
 from emergeinit.baselines.metainit import _call
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.layers import preserve_state
+from emergeinit.trace import preserve_state
 
 __all__ = ["gradinit_", "gradinit_objective", "GRADINIT_LR", "GRADINIT_DEFAULT_LR"]
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from emergeinit.baselines.data import NonFiniteError, batch_stream, bn_batch_stats_mode, first_nonfinite_layer
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.layers import WeightLayer, find_weight_layers, preserve_state, run_model
+from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.trace import forward_hooks, preserve_state, run_model
 
 __all__ = ["lsuv_init_", "orthonormal_"]
 
@@ -39,18 +40,15 @@ def _measure(model: nn.Module, module: nn.Module, x: Any) -> torch.Tensor:
     """Variance of ``module``'s first output on ``x`` (all elements), stopping the pass there."""
     seen: List[torch.Tensor] = []
 
-    def hook(mod: nn.Module, args: Any, output: Any) -> None:
+    def hook(mod: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         seen.append(output if isinstance(output, torch.Tensor) else output[0])
         raise _Stop
 
-    handle = module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
+        with forward_hooks([module], post=hook), torch.no_grad():
             run_model(model, x)
     except _Stop:
         pass
-    finally:
-        handle.remove()
     if not seen:
         raise LookupError("the layer's module was not called")
     return seen[0].detach().float().var()

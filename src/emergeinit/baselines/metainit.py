@@ -22,7 +22,7 @@ from emergeinit.baselines.data import (
     LossFn, NonFiniteError, batch_stream, check_finite, default_loss, to_device,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.layers import infer_example_input, preserve_state
+from emergeinit.trace import infer_example_input, preserve_state
 
 __all__ = ["metainit_", "gradient_quotient"]
 

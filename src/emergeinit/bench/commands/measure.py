@@ -65,7 +65,7 @@ def _build(spec: str, seed: int) -> Tuple[nn.Module, Tuple[int, ...]]:
         module_name, _, attr = spec.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
         model = factory()
-        from emergeinit.layers import infer_example_input
+        from emergeinit.trace import infer_example_input
 
         return model, tuple(infer_example_input(model, batch=1).shape[1:])
     from emergeinit.models import build_model, model_input_shape
