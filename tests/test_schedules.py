@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import emergeinit
-from emergeinit.schedules import alpha_for_lr, auto_alpha, exponents
+from emergeinit.schedules import alpha_for_lr, exponents
+from emergeinit.tuning import auto_alpha
 
 
 @pytest.mark.parametrize("L, expected", [

@@ -38,8 +38,8 @@ _EXPORTS: Dict[str, str] = {
     "tfixup_init_": "emergeinit.transformer",
     "encoder_decoder_init_": "emergeinit.transformer",
     "alpha_for_lr": "emergeinit.schedules",
-    "auto_alpha": "emergeinit.schedules",
-    "layerwise_lr_groups": "emergeinit.lr",
+    "auto_alpha": "emergeinit.tuning",
+    "layerwise_lr_groups": "emergeinit.tuning",
     # baselines, one API
     "initialize": "emergeinit.baselines",
     "InitRecord": "emergeinit.baselines",
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
     from emergeinit.init import InitPlan, PlannedLayer, apply_plan_, emergence_init_, plan_emergence
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
-    from emergeinit.lr import layerwise_lr_groups
     from emergeinit.probe import EmergenceReport, LayerActivity, layer_graph, measure_emergence
-    from emergeinit.schedules import alpha_for_lr, auto_alpha
+    from emergeinit.schedules import alpha_for_lr
     from emergeinit.transformer import encoder_decoder_init_, tfixup_init_
+    from emergeinit.tuning import auto_alpha, layerwise_lr_groups

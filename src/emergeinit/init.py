@@ -25,7 +25,7 @@ from torch import nn
 
 from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
 from emergeinit.trace import call_order, fork_rng, meta_stand_ins, to_meta
-from emergeinit.schedules import Schedule, check_alpha, exponents, resolve_schedule
+from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
 
 __all__ = ["PlannedLayer", "InitPlan", "plan_emergence", "apply_plan_", "emergence_init_", "BASES"]
 
@@ -242,7 +242,7 @@ def plan_emergence(
     the tracing forward on meta stand-ins of the weights (no arithmetic; the real weights are used
     when the forward cannot run on meta tensors), ``"real"`` on the weights themselves.
     """
-    alpha = check_alpha(alpha)
+    alpha = positive_number(alpha, "alpha")
     if trace not in ("meta", "real"):
         raise ValueError(f"unknown trace {trace!r}: use 'meta' or 'real'")
     schedule_name, schedule_fn = resolve_schedule(schedule)

@@ -31,7 +31,7 @@ from torch import nn
 
 from emergeinit.init import InitPlan, PlannedLayer, _check_range, apply_plan_
 from emergeinit.layers import find_weight_layers
-from emergeinit.schedules import check_alpha
+from emergeinit.schedules import positive_number
 
 __all__ = ["tfixup_init_", "encoder_decoder_init_", "tfixup_factors", "find_transformer_layers"]
 
@@ -249,8 +249,8 @@ def encoder_decoder_init_(
     """
     if base not in ("tfixup", "xavier", None):
         raise ValueError(f"unknown base {base!r}: use 'tfixup', 'xavier' or None")
-    beta_enc = check_alpha(beta_enc, "beta_enc")
-    beta_dec = check_alpha(beta_dec, "beta_dec")
+    beta_enc = positive_number(beta_enc, "beta_enc")
+    beta_dec = positive_number(beta_dec, "beta_dec")
     enc, dec = find_transformer_layers(model, encoder_layers, decoder_layers)
     plan = _transformer_plan(model, enc, dec, tfixup=base == "tfixup", scale_embeddings=scale_embeddings,
                              beta_enc=beta_enc, beta_dec=beta_dec)
