@@ -1,12 +1,14 @@
 """emergence_init_, plan_emergence, apply_plan_ and InitPlan (eq 8)."""
 
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
 import emergeinit as ei
+from emergeinit import init
 from emergeinit.cli import main as cli_main
 
 EXPONENTS = {
@@ -196,6 +198,50 @@ def test_same_seed_bit_identical_and_folding_is_exact_scaling():
     for k, (la, lr) in enumerate(zip(linears(a), linears(ref))):
         torch.testing.assert_close(la.weight, lr.weight * 2.0 ** (k - 2), rtol=1e-6, atol=0)
         assert torch.count_nonzero(la.bias) == 0
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", [
+    (init.kaiming_normal_, nn.init.kaiming_normal_, {}),
+    (init.kaiming_normal_, nn.init.kaiming_normal_, dict(mode="fan_out", nonlinearity="relu")),
+    (init.kaiming_uniform_, nn.init.kaiming_uniform_, dict(a=math.sqrt(5))),  # nn.Linear's own init
+    (init.xavier_uniform_, nn.init.xavier_uniform_, dict(gain=2.0)),
+    (init.xavier_normal_, nn.init.xavier_normal_, {}),
+])
+@pytest.mark.parametrize("shape", [(12, 7), (6, 3, 3, 3)])
+def test_draws_are_torch_nn_init_times_the_factor(ours, theirs, kwargs, shape):
+    def pair(factor, dtype):
+        torch.manual_seed(0)
+        ref = theirs(torch.empty(shape, dtype=dtype), **kwargs) * factor
+        torch.manual_seed(0)
+        return ours(torch.empty(shape, dtype=dtype), **kwargs, factor=factor), ref
+
+    # the same random numbers: exact at factor 1, and for powers of two (exact scalings)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for factor in (1.0, 0.25, 8.0):
+            got, ref = pair(factor, dtype)
+            assert torch.equal(got, ref), (dtype, factor)
+    got, ref = pair(1.0, torch.float16)
+    assert torch.equal(got, ref)
+    got, ref = pair(3.0, torch.float32)  # folded into the draw: one rounding instead of two
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+
+
+def test_base_options_grouped_or_flat_give_the_same_weights():
+    def run(**kwargs):
+        model = mlp(4, bias=True)
+        torch.manual_seed(5)
+        ei.emergence_init_(model, alpha=2.0, schedule="normalized", **kwargs)
+        return [p.detach().clone() for p in model.parameters()]
+
+    flat = run(base="kaiming", mode="fan_out", distribution="uniform")
+    grouped = run(base=init.BaseInit("kaiming", mode="fan_out", distribution="uniform"))
+    both = run(base=init.BaseInit("kaiming", distribution="uniform"), mode="fan_out")
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(flat, grouped, both))
+    assert not all(torch.equal(a, b) for a, b in zip(flat, run(base="kaiming")))
+    with pytest.raises(TypeError, match="fan"):
+        ei.emergence_init_(mlp(3), alpha=2.0, fan="in")
+    with pytest.raises(ValueError, match="unknown mode"):
+        ei.emergence_init_(mlp(3), alpha=2.0, base=None, mode="fan_avg")  # checked even when unused
 
 
 def test_base_kaiming_and_xavier_statistics():

@@ -149,3 +149,54 @@ def test_residual_blocks_leave_the_shortcut_out():
     blocks = find_blocks(model, layers)
     assert len(blocks) == 9
     assert all([l.name.split(".")[-1] for l in b] == ["conv1", "conv2"] for b in blocks.values())
+
+
+class Nested(nn.Module):
+    """enc.layers.{0,1}.ffn.{fc1,fc2} and a top-level ffn: patterns at several depths."""
+
+    def __init__(self):
+        super().__init__()
+        block = lambda: nn.ModuleDict({"ffn": nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))})
+        self.enc = nn.Module()
+        self.enc.layers = nn.ModuleList([block(), block()])
+        self.ffn = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+    def forward(self, x):
+        for layer in self.enc.layers:
+            x = layer["ffn"](x)
+        return self.ffn(x)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("enc.layers.*", ["enc.layers.0", "enc.layers.1"]),  # * is exactly one segment
+    ("enc.*", ["enc.layers"]),
+    ("*.ffn", []),  # nothing: ffn sits two segments below enc
+    ("**.ffn", ["enc.layers.0.ffn", "enc.layers.1.ffn", "ffn"]),  # ** is any number, none included
+    ("enc.**.ffn", ["enc.layers.0.ffn", "enc.layers.1.ffn"]),
+    ("enc.layers.[1]", ["enc.layers.1"]),  # fnmatch inside one segment
+    ("ff*", ["ffn"]),
+    (["ffn", "enc.layers.1", "ffn"], ["ffn", "enc.layers.1"]),  # given order, each once
+])
+def test_module_patterns(spec, expected):
+    from emergeinit.layers import match_modules
+
+    model = Nested()
+    if not expected:
+        with pytest.raises(ValueError, match="matches no module"):
+            match_modules(model, spec)
+        return
+    assert match_modules(model, spec) == expected
+    assert match_modules(model, [model.enc.layers[0], "ffn"]) == ["enc.layers.0", "ffn"]
+    with pytest.raises(ValueError, match="not a submodule"):
+        match_modules(model, nn.Linear(2, 2))
+
+
+def test_blocks_use_the_module_patterns():
+    model = Nested()
+    layers = find_weight_layers(model)
+    one = find_blocks(model, layers, "enc.layers.*")  # one segment: the two layers, not their ffn
+    assert list(one) == ["enc.layers.0", "enc.layers.1"]
+    deep = find_blocks(model, layers, ["**.ffn"])
+    assert list(deep) == ["enc.layers.0.ffn", "enc.layers.1.ffn", "ffn"]
+    assert [l.name for l in deep["ffn"]] == ["ffn.0", "ffn.2"]
+    assert list(find_blocks(model, layers, [model.ffn])) == ["ffn"]

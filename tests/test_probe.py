@@ -319,3 +319,18 @@ def test_attention_projections_are_reported_as_skipped():
 def test_errors(kwargs, inputs, message):
     with pytest.raises(ValueError, match=message):
         measure_emergence(hand_mlp(), inputs, **kwargs)
+
+
+def test_on_graph_keyword_and_property_with_the_old_residual_names():
+    net, x = Residual(), torch.randn(64, 3)
+    forced = measure_emergence(net, x, mode="mean", on_graph=False)
+    old = measure_emergence(net, x, mode="mean", residual=False)
+    assert not forced.on_graph and forced.residual is forced.on_graph
+    assert old.value == forced.value and not old.on_graph
+    default = measure_emergence(net, x, mode="mean")
+    assert default.on_graph and default.residual
+    d = json.loads(json.dumps(default.to_dict()))
+    assert d["on_graph"] is True and d["residual"] is True  # old records keep their key
+    assert measure_emergence(net, x, on_graph=True, residual=True).on_graph
+    with pytest.raises(ValueError, match="old name"):
+        measure_emergence(net, x, on_graph=True, residual=False)

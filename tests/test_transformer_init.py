@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import emergeinit as ei
-from emergeinit.transformer import find_transformer_layers, tfixup_factors
+from emergeinit.plan import find_transformer_layers, tfixup_factors
 
 D, FF = 16, 32
 
@@ -168,6 +168,20 @@ def test_scale_embeddings_off_and_explicit_layer_lists():
     assert plan.meta["decoder_layers"] == ["decoder.0", "decoder.1", "decoder.2"]
     enc, dec = find_transformer_layers(torch_transformer())
     assert len(enc) == 3 and len(dec) == 2
+
+
+def test_layer_patterns_match_as_blocks_do():
+    """One matcher for encoder_layers= and blocks=: ``*`` is one name segment, ``**`` any number."""
+    model = torch_transformer(2, 2)
+    enc, dec = find_transformer_layers(model, ["encoder.layers.*"], ["**.decoder.layers.*", "decoder.layers.*"])
+    assert enc == ["encoder.layers.0", "encoder.layers.1"] and dec == ["decoder.layers.0", "decoder.layers.1"]
+    enc, _ = find_transformer_layers(model, ["**.layers.0"], [])  # outermost of the matches
+    assert enc == ["encoder.layers.0", "decoder.layers.0"]
+    with pytest.raises(ValueError, match="matches no module"):
+        find_transformer_layers(model, ["*.0"], None)  # fnmatch's "*" crossed dots; ours does not
+    x = torch.randn(2, 3, D)
+    plan = ei.plan_emergence(model, alpha=2.0, scope="blockwise", blocks=["encoder.layers.*"], example_input=(x, x))
+    assert sorted({l.block for l in plan if l.block}) == ["encoder.layers.0", "encoder.layers.1"]
 
 
 def test_encoder_decoder_scheme_on_top_of_tfixup():

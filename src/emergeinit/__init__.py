@@ -31,12 +31,12 @@ _EXPORTS: Dict[str, str] = {
     "LayerActivity": "emergeinit.probe",
     # the initialization (eq 8) and α rules
     "emergence_init_": "emergeinit.init",
-    "plan_emergence": "emergeinit.init",
+    "plan_emergence": "emergeinit.plan",
     "apply_plan_": "emergeinit.init",
-    "InitPlan": "emergeinit.init",
-    "PlannedLayer": "emergeinit.init",
-    "tfixup_init_": "emergeinit.transformer",
-    "encoder_decoder_init_": "emergeinit.transformer",
+    "InitPlan": "emergeinit.plan",
+    "PlannedLayer": "emergeinit.plan",
+    "tfixup_init_": "emergeinit.init",
+    "encoder_decoder_init_": "emergeinit.init",
     "alpha_for_lr": "emergeinit.schedules",
     "auto_alpha": "emergeinit.tuning",
     "layerwise_lr_groups": "emergeinit.tuning",
@@ -64,9 +64,9 @@ def __dir__() -> List[str]:
 if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.baselines import InitRecord, initialize
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
-    from emergeinit.init import InitPlan, PlannedLayer, apply_plan_, emergence_init_, plan_emergence
+    from emergeinit.init import apply_plan_, emergence_init_, encoder_decoder_init_, tfixup_init_
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
+    from emergeinit.plan import InitPlan, PlannedLayer, plan_emergence
     from emergeinit.probe import EmergenceReport, LayerActivity, layer_graph, measure_emergence
     from emergeinit.schedules import alpha_for_lr
-    from emergeinit.transformer import encoder_decoder_init_, tfixup_init_
     from emergeinit.tuning import auto_alpha, layerwise_lr_groups

@@ -34,9 +34,9 @@ __all__ = [
 ModuleSpec = Union[str, nn.Module, Iterable[Union[str, nn.Module]]]
 
 
-def qualified_name(module_name: str, attr: str) -> str:
-    """``"features.0"`` + ``"weight"`` -> ``"features.0.weight"`` (the root module has no name)."""
-    return f"{module_name}.{attr}" if module_name else attr
+def qualified_name(prefix: str, name: str) -> str:
+    """``"features.0"`` + ``"weight"`` -> ``"features.0.weight"``; an empty part (the root module) drops out."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,8 @@ def _emergence(model: nn.Module, **options: Any) -> InitRecord:
 
 
 def _tfixup(model: nn.Module, **options: Any) -> InitRecord:
-    """T-Fixup (Huang et al., 2020) (``emergeinit.transformer.tfixup_init_``), recorded."""
-    from emergeinit.transformer import tfixup_init_
+    """T-Fixup (Huang et al., 2020) (``emergeinit.init.tfixup_init_``), recorded."""
+    from emergeinit.init import tfixup_init_
 
     def body(meter: CostMeter) -> Dict[str, Any]:
         return _plan_details(tfixup_init_(model, **options))

@@ -1,0 +1,419 @@
+"""What an initialization will do, decided before any weight changes: per-tensor factors in an
+:class:`InitPlan`. Apply a plan with :func:`emergeinit.init.apply_plan_`.
+
+- :func:`plan_emergence`: eq 8. The L weight layers in execution order (traced on meta stand-ins,
+  so planning does no arithmetic), their exponents e_k from a schedule, and factors α**e_k, over
+  the whole net or inside each block.
+- :func:`plan_transformer`: T-Fixup's factors (Huang, Perez, Ba, Volkovs 2020, Algorithm 1) and the
+  paper's encoder-quieted / decoder-excited scheme, per tensor (a packed q/k/v third counts as one).
+
+T-Fixup, for N encoder and M decoder layers, relative to a Xavier draw (embeddings: N(0, d^-1/2)):
+the value and output projections of every attention block and both FFN weights × 0.67·N^(-1/4)
+in the encoder and × (9·M)^(-1/4) in the decoder; input embeddings × (9·M)^(-1/4) (encoder-only:
+(9·N)^(-1/4)); query and key projections unscaled. The public code (layer6ai-labs/T-Fixup) scales
+the encoder embedding by (9·N)^(-1/4): the same number when N = M, as in the paper's 6+6 model.
+The encoder/decoder scheme then divides every weight matrix inside the encoder layers by β_enc and
+multiplies those inside the decoder layers by β_dec (paper: β_dec = 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+
+from torch import nn
+
+from emergeinit.layers import (
+    ModuleSpec, WeightLayer, find_blocks, find_weight_layers, match_modules, packed_qkv_rows, qualified_name,
+)
+from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
+from emergeinit.trace import call_order, fork_rng, meta_stand_ins, to_meta
+
+__all__ = [
+    "PlannedLayer",
+    "InitPlan",
+    "plan_emergence",
+    "SCOPES",
+    "tfixup_factors",
+    "find_transformer_layers",
+    "plan_transformer",
+]
+
+SCOPES = ("global", "blockwise")
+_NORM_TYPES = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*
+    nn.LayerNorm,
+    nn.GroupNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One scaled (or re-initialized) tensor: which one, its place in the schedule, its factor."""
+
+    name: str  # owning module ("features.0")
+    key: str  # parameter name, for model.get_parameter ("features.0.weight")
+    kind: str  # "linear" | "conv" | "attention" | "embedding" | "norm"
+    index: Optional[int]  # k in its schedule (None: not scheduled, factor 1)
+    exponent: Optional[float]  # e_k (None where the factor does not come from a schedule)
+    factor: float  # multiplier, computed in float64
+    block: Optional[str] = None  # block the schedule ran in (scope="blockwise")
+    bias_key: Optional[str] = None  # the layer's bias, if any
+    shape: Tuple[int, ...] = ()
+    rows: Optional[Tuple[int, int]] = None  # only rows [start, stop) (a slice of a packed tensor)
+
+
+@dataclass
+class InitPlan:
+    """Per-tensor factors of an initialization, in execution order; apply with :func:`apply_plan_`."""
+
+    layers: List[PlannedLayer]
+    alpha: Optional[float] = None
+    schedule: Optional[str] = None
+    scope: Optional[str] = None
+    scale_bias: bool = False
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[PlannedLayer]:
+        return iter(self.layers)
+
+    def __getitem__(self, key: Union[int, str]) -> PlannedLayer:
+        """A layer by position, or by parameter key / module name."""
+        if isinstance(key, int):
+            return self.layers[key]
+        for layer in self.layers:
+            if key in (layer.key, layer.name):
+                return layer
+        raise KeyError(key)
+
+    @property
+    def factors(self) -> Dict[str, float]:
+        """Parameter key -> factor (rows-restricted entries appear as ``key[start:stop]``)."""
+        return {_label(l): l.factor for l in self.layers}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict (``json.dumps(plan.to_dict())``)."""
+        return {
+            "alpha": self.alpha,
+            "schedule": self.schedule,
+            "scope": self.scope,
+            "scale_bias": self.scale_bias,
+            "meta": _jsonable(self.meta),
+            "layers": [
+                {**asdict(l), "shape": list(l.shape), "rows": list(l.rows) if l.rows else None}
+                for l in self.layers
+            ],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        head = ["#", "layer", "kind", "block", "k", "e_k", "factor"]
+        rows = []
+        for i, l in enumerate(self.layers):
+            rows.append([
+                str(i), _label(l), l.kind, l.block or "-",
+                "-" if l.index is None else str(l.index),
+                "-" if l.exponent is None else f"{l.exponent:+.4g}",
+                f"{l.factor:.6g}",
+            ])
+        widths = [max(len(r[j]) for r in [head] + rows) for j in range(len(head))]
+        fmt = lambda r: "  ".join(c.ljust(w) if j < 4 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+        title = ", ".join(
+            f"{k}={v}" for k, v in (("alpha", self.alpha), ("schedule", self.schedule), ("scope", self.scope))
+            if v is not None
+        )
+        lines = [f"InitPlan({title}): {len(self.layers)} tensors", fmt(head), fmt(["-" * w for w in widths])]
+        return "\n".join(lines + [fmt(r) for r in rows])
+
+
+def _label(l: PlannedLayer) -> str:
+    return f"{l.key}[{l.rows[0]}:{l.rows[1]}]" if l.rows else l.key
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (int, float, str, bool)) or x is None:
+        return x
+    return repr(x)
+
+
+# ------------------------------------------------------------------------------------- eq 8
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A tensor the schedule of eq 8 runs over (or, for a norm, one that follows such a tensor)."""
+
+    name: str  # owning module
+    key: str  # parameter key
+    kind: str  # "linear" | "conv" | "attention" | "embedding" | "norm"
+    shape: Tuple[int, ...]
+    bias_key: Optional[str] = None
+
+
+def _scheduled(model: nn.Module, layers: List[WeightLayer], example_input: Any, *, embeddings: bool,
+               norms: bool) -> Tuple[List[Scheduled], List[Tuple[int, Scheduled]]]:
+    """The scheduled tensors in execution order, and each norm weight with the position of the
+    scheduled tensor executed just before it (a norm before every weight layer is left out)."""
+    scheduled = [Scheduled(l.name, l.key, l.kind, tuple(l.weight.shape), l.bias_key) for l in layers]
+    if not (embeddings or norms):
+        return scheduled, []
+    types = (_EMBEDDING_TYPES if embeddings else ()) + (_NORM_TYPES if norms else ())
+    wanted = {id(l.module) for l in layers}
+    order = call_order(model, [m for m in model.modules() if isinstance(m, types) or id(m) in wanted], example_input)
+    pos = {id(m): i for i, m in enumerate(order)}
+    names = {id(m): n for n, m in model.named_modules()}
+    keyed: List[Tuple[float, Scheduled]] = []
+    last = -1.0
+    for entry, l in zip(scheduled, layers):
+        # a layer no hook saw (MultiheadAttention applies out_proj functionally) follows the one before
+        last = float(pos.get(id(l.module), last + 1e-3))
+        keyed.append((last, entry))
+    tensors = {id(l.weight) for l in layers}
+    norm_at: List[Tuple[float, Scheduled]] = []
+    for m in order:
+        name = names[id(m)]
+        if embeddings and isinstance(m, _EMBEDDING_TYPES) and id(m.weight) not in tensors:
+            tensors.add(id(m.weight))
+            keyed.append((pos[id(m)], Scheduled(name, qualified_name(name, "weight"), "embedding", tuple(m.weight.shape))))
+        if norms and isinstance(m, _NORM_TYPES) and getattr(m, "weight", None) is not None:
+            bias_key = qualified_name(name, "bias") if m._parameters.get("bias") is not None else None
+            norm_at.append((pos[id(m)], Scheduled(name, qualified_name(name, "weight"), "norm", tuple(m.weight.shape), bias_key)))
+    keyed.sort(key=lambda t: t[0])
+    follows = []
+    for p, norm in norm_at:
+        before = [i for i, (q, _) in enumerate(keyed) if q < p]
+        if before:
+            follows.append((before[-1], norm))
+    return [e for _, e in keyed], follows
+
+
+def _trace(model: nn.Module, example_input: Any, order: str, trace: str, embeddings: bool, norms: bool):
+    """Weight layers and scheduled tensors, traced on meta stand-ins when ``trace="meta"`` (on the
+    real weights when the forward cannot run on meta tensors)."""
+    def find(x: Any) -> Tuple[List[WeightLayer], List[Scheduled], List[Tuple[int, Scheduled]]]:
+        layers = find_weight_layers(model, x, order=order)
+        return (layers, *_scheduled(model, layers, x, embeddings=embeddings, norms=norms))
+
+    if trace == "meta" and order == "execution":
+        try:
+            with meta_stand_ins(model):
+                return find(to_meta(example_input))
+        except Exception:  # noqa: BLE001 - data-dependent forward, tensors outside parameters/buffers
+            pass
+    return find(example_input)
+
+
+def _schedule_groups(model: nn.Module, layers: List[WeightLayer], scheduled: List[Scheduled], scope: str,
+                     blocks: Optional[ModuleSpec]) -> List[Tuple[Optional[str], List[int]]]:
+    """(block, positions in ``scheduled``) for each run of the schedule."""
+    if scope == "global":
+        return [(None, list(range(len(scheduled))))]
+    found = find_blocks(model, layers, blocks)
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no default blocks (transformer layers, residual "
+            "blocks, modules with emergeinit_block = True): name them with blocks="
+        )
+    index_of = {t.key: i for i, t in enumerate(scheduled)}
+    return [(b, [index_of[l.key] for l in ls]) for b, ls in found.items()]
+
+
+def plan_emergence(
+    model: nn.Module,
+    *,
+    alpha: float,
+    schedule: Schedule = "literal",
+    scope: str = "global",
+    blocks: Optional[ModuleSpec] = None,
+    example_input: Any = None,
+    order: str = "execution",
+    scale_bias: bool = False,
+    embeddings: bool = False,
+    norms: bool = False,
+    trace: str = "meta",
+) -> InitPlan:
+    """The plan of eq 8 for ``model``: per weight layer its index k, exponent e_k and α**e_k.
+
+    Touches no weight and no global random state, and works on a meta-device model (the trace runs
+    on meta tensors). The L weight layers are every Linear/ConvNd/MultiheadAttention weight the
+    forward pass uses, in execution order on ``example_input`` (inferred from the first layer when
+    None), a tied weight counted once. ``embeddings=True`` schedules embedding tables too;
+    ``norms=True`` scales each norm layer's weight (γ) by the factor of the weight layer executed
+    just before it. ``scope="blockwise"`` runs the schedule inside each block (``blocks``: modules,
+    names or patterns, see :func:`emergeinit.layers.match_modules`; default: transformer FFN pairs,
+    residual blocks, modules with ``emergeinit_block = True``); layers outside every block keep
+    factor 1. ``trace="meta"`` runs the tracing forward on meta stand-ins of the weights (no
+    arithmetic; the real weights are used when the forward cannot run on meta tensors), ``"real"``
+    on the weights themselves.
+    """
+    alpha = positive_number(alpha, "alpha")
+    if trace not in ("meta", "real"):
+        raise ValueError(f"unknown trace {trace!r}: use 'meta' or 'real'")
+    schedule_name, schedule_fn = resolve_schedule(schedule)
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}: use 'global' or 'blockwise'")
+    if scope == "global" and blocks is not None:
+        raise ValueError("blocks= is only used with scope='blockwise'")
+    with fork_rng(model):  # planning never moves the user's random state
+        layers, scheduled, follows = _trace(model, example_input, order, trace, embeddings, norms)
+    place: Dict[int, Tuple[int, float, Optional[str]]] = {}  # position -> (k, e_k, block)
+    for block, positions in _schedule_groups(model, layers, scheduled, scope, blocks):
+        for k, (i, e) in enumerate(zip(positions, exponents(len(positions), schedule_fn))):
+            place[i] = (k, e, block)
+    planned: List[List[PlannedLayer]] = []
+    for i, t in enumerate(scheduled):
+        k, e, block = place.get(i, (None, None, None))
+        factor = alpha ** e if e is not None else 1.0
+        if not math.isfinite(factor) or factor == 0.0:
+            raise ValueError(f"factor alpha**e = {alpha}**{e} of {t.key} is not representable in float64")
+        planned.append([PlannedLayer(t.name, t.key, t.kind, k, e, factor, block, t.bias_key, t.shape)])
+    for i, norm in follows:  # a norm's γ takes the factor of the layer it follows
+        src = planned[i][0]
+        planned[i].append(PlannedLayer(norm.name, norm.key, "norm", src.index, src.exponent, src.factor,
+                                       src.block, norm.bias_key, norm.shape))
+    return InitPlan([p for ps in planned for p in ps], alpha=alpha, schedule=schedule_name, scope=scope,
+                    scale_bias=scale_bias, meta={"order": order, "embeddings": embeddings, "norms": norms})
+
+
+# --------------------------------------------------------------------------- T-Fixup, encoder/decoder
+
+def tfixup_factors(n_encoder: int, n_decoder: int) -> Dict[str, float]:
+    """The published T-Fixup scales: encoder 0.67·N^(-1/4), decoder and embeddings (9·M)^(-1/4)."""
+    enc = 0.67 * n_encoder ** -0.25 if n_encoder else 1.0
+    dec = (9 * n_decoder) ** -0.25 if n_decoder else 1.0
+    emb = (9 * (n_decoder or n_encoder)) ** -0.25
+    return {"encoder": enc, "decoder": dec, "embedding": emb}
+
+
+def _is_encoder_layer(m: nn.Module) -> bool:
+    return isinstance(m, nn.TransformerEncoderLayer) or getattr(m, "emergeinit_encoder_layer", False) is True
+
+
+def _is_decoder_layer(m: nn.Module) -> bool:
+    return isinstance(m, nn.TransformerDecoderLayer) or getattr(m, "emergeinit_decoder_layer", False) is True
+
+
+def _stack(model: nn.Module, spec: Optional[ModuleSpec], is_layer: Callable[[nn.Module], bool],
+           what: str) -> List[str]:
+    """The named layers (the outermost of the modules ``spec`` matches), or the ones ``is_layer`` finds."""
+    if spec is None:
+        return [n for n, m in model.named_modules() if n and is_layer(m)]
+    names = match_modules(model, spec, what)
+    return [n for n in names if not any(n.startswith(o + ".") for o in names if o)]
+
+
+def find_transformer_layers(model: nn.Module, encoder_layers: Optional[ModuleSpec] = None,
+                            decoder_layers: Optional[ModuleSpec] = None) -> Tuple[List[str], List[str]]:
+    """Names of the encoder and decoder layers: given (modules, names or patterns, see
+    :func:`emergeinit.layers.match_modules`; the outermost matching modules count), or found
+    (``nn.TransformerEncoderLayer``/``DecoderLayer``, classes setting ``emergeinit_encoder_layer`` /
+    ``emergeinit_decoder_layer = True``)."""
+    enc = _stack(model, encoder_layers, _is_encoder_layer, "encoder layer")
+    dec = _stack(model, decoder_layers, _is_decoder_layer, "decoder layer")
+    if not enc and not dec:
+        raise ValueError(
+            f"{type(model).__name__} has no encoder or decoder layers: pass encoder_layers= / "
+            "decoder_layers=, or set emergeinit_encoder_layer / emergeinit_decoder_layer = True"
+        )
+    both = set(enc) & set(dec)
+    if both:
+        raise ValueError(f"layers {sorted(both)} are both encoder and decoder layers")
+    return enc, dec
+
+
+_Piece = Tuple[str, Optional[Tuple[int, int]]]  # parameter key, rows (a packed q/k/v third) or None
+
+
+def _attention_parts(layer: nn.Module, prefix: str) -> Tuple[Dict[_Piece, str], Set[int]]:
+    """For one transformer layer: {piece: "q" | "k" | "v" | "out"} of its attention blocks, and the
+    ids of every module inside an attention block."""
+    parts: Dict[_Piece, str] = {}
+    inside: Set[int] = set()
+    for name, m in layer.named_modules():
+        full = qualified_name(prefix, name)
+        if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
+            key = qualified_name(full, "in_proj_weight")
+            for part, rows in zip("qkv", packed_qkv_rows(key, m.in_proj_weight.shape[0]) or ()):
+                parts[(key, rows)] = part
+        elif isinstance(m, nn.MultiheadAttention):
+            parts.update({(qualified_name(full, f"{p}_proj_weight"), None): p for p in "qkv"})
+        elif all(isinstance(getattr(m, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            parts.update({(qualified_name(full, f"{p}_proj.weight"), None): p for p in "qkv"})
+        else:
+            continue
+        parts[(qualified_name(full, "out_proj.weight"), None)] = "out"
+        inside.update(id(s) for s in m.modules())
+    return parts, inside
+
+
+def _roles(model: nn.Module, enc: List[str], dec: List[str]) -> Dict[_Piece, Tuple[str, str, str]]:
+    """piece -> (side, layer name, part): part is q/k/v/out in attention blocks, "ffn" for every
+    other Linear of a layer."""
+    modules = dict(model.named_modules())
+    roles: Dict[_Piece, Tuple[str, str, str]] = {}
+    for side, names in (("encoder", enc), ("decoder", dec)):
+        for lname in names:
+            parts, inside = _attention_parts(modules[lname], lname)
+            roles.update({piece: (side, lname, part) for piece, part in parts.items()})
+            for sub, m in modules[lname].named_modules():
+                if isinstance(m, nn.Linear) and id(m) not in inside:
+                    roles[(qualified_name(qualified_name(lname, sub), "weight"), None)] = (side, lname, "ffn")
+    return roles
+
+
+def plan_transformer(
+    model: nn.Module,
+    *,
+    encoder_layers: Optional[ModuleSpec] = None,
+    decoder_layers: Optional[ModuleSpec] = None,
+    tfixup: bool = True,
+    scale_embeddings: bool = True,
+    beta_enc: float = 1.0,
+    beta_dec: float = 1.0,
+) -> InitPlan:
+    """Per-tensor factors of T-Fixup (``tfixup``; module docstring) times the encoder ÷``beta_enc``
+    / decoder ×``beta_dec`` scheme. Embedding tables come first (each tensor once; factor 1 unless
+    T-Fixup scales them), then every weight layer in registration order, a packed q/k/v tensor as
+    three row ranges. Layers outside both stacks get factor 1."""
+    beta_enc = positive_number(beta_enc, "beta_enc")
+    beta_dec = positive_number(beta_dec, "beta_dec")
+    enc, dec = find_transformer_layers(model, encoder_layers, decoder_layers)
+    f = tfixup_factors(len(enc), len(dec))
+    roles = _roles(model, enc, dec)
+    entries: List[PlannedLayer] = []
+    seen: Set[int] = set()
+    for n, m in model.named_modules():
+        if isinstance(m, _EMBEDDING_TYPES) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            factor = f["embedding"] if (tfixup and scale_embeddings) else 1.0
+            entries.append(PlannedLayer(n, qualified_name(n, "weight"), "embedding", None, None, factor,
+                                        shape=tuple(m.weight.shape)))
+    for layer in find_weight_layers(model, order="registration"):
+        if id(layer.weight) in seen:  # an output projection tied to an embedding table
+            continue
+        seen.add(id(layer.weight))
+        shape = tuple(layer.weight.shape)
+        for rows in packed_qkv_rows(layer.key, shape[0]) or [None]:
+            side, lname, part = roles.get((layer.key, rows), (None, None, None))
+            factor = f[side] if tfixup and part in ("v", "out", "ffn") else 1.0
+            if side == "encoder":
+                factor /= beta_enc
+            elif side == "decoder":
+                factor *= beta_dec
+            entries.append(PlannedLayer(layer.name, layer.key, layer.kind, None, None, factor, lname,
+                                        layer.bias_key, shape, rows))
+    return InitPlan(entries, scope="encoder-decoder", meta={
+        "n_encoder": len(enc), "n_decoder": len(dec), "tfixup_factors": f if tfixup else None,
+        "beta_enc": beta_enc, "beta_dec": beta_dec, "encoder_layers": enc, "decoder_layers": dec,
+    })
