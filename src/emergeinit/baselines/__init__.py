@@ -14,13 +14,14 @@ from typing import Any, Callable, Dict
 
 from torch import nn
 
-from emergeinit.baselines.data import NonFiniteError
+from emergeinit.baselines._common import NonFiniteError
 from emergeinit.baselines.gradinit import GRADINIT_LR, gradinit_, gradinit_objective
 from emergeinit.baselines.kaiming import kaiming_init_
 from emergeinit.baselines.lsuv import lsuv_init_
 from emergeinit.baselines.metainit import gradient_quotient, metainit_
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.baselines.xavier import xavier_init_
+from emergeinit.init import emergence_init_, tfixup_init_
 
 __all__ = [
     "initialize",
@@ -38,37 +39,24 @@ __all__ = [
 ]
 
 
-def _plan_details(result: Any) -> Dict[str, Any]:
-    to_dict = getattr(result, "to_dict", None)
-    return {"plan": to_dict()} if callable(to_dict) else ({"result": result} if result is not None else {})
+def _recorded_plan(method: str, init_: Callable[..., Any]) -> Callable[..., InitRecord]:
+    """``init_(model, **options)`` run as a baseline: its plan becomes the record's details."""
+    def run(model: nn.Module, **options: Any) -> InitRecord:
+        def body(meter: CostMeter) -> Dict[str, Any]:
+            return {"plan": init_(model, **options).to_dict()}
 
+        return run_recorded(model, method, options, body)
 
-def _emergence(model: nn.Module, **options: Any) -> InitRecord:
-    """The paper's emergence-promoting init (``emergeinit.init.emergence_init_``), recorded."""
-    from emergeinit.init import emergence_init_
-
-    def body(meter: CostMeter) -> Dict[str, Any]:
-        return _plan_details(emergence_init_(model, **options))
-
-    return run_recorded(model, "emergence", options, body)
-
-
-def _tfixup(model: nn.Module, **options: Any) -> InitRecord:
-    """T-Fixup (Huang et al., 2020) (``emergeinit.init.tfixup_init_``), recorded."""
-    from emergeinit.init import tfixup_init_
-
-    def body(meter: CostMeter) -> Dict[str, Any]:
-        return _plan_details(tfixup_init_(model, **options))
-
-    return run_recorded(model, "tfixup", options, body)
+    run.__doc__ = f"``emergeinit.init.{init_.__name__}`` run as a baseline and recorded."
+    return run
 
 
 #: method name -> function(model, **options) -> InitRecord
 METHODS: Dict[str, Callable[..., InitRecord]] = {
     "kaiming": kaiming_init_,
     "xavier": xavier_init_,
-    "emergence": _emergence,
-    "tfixup": _tfixup,
+    "emergence": _recorded_plan("emergence", emergence_init_),
+    "tfixup": _recorded_plan("tfixup", tfixup_init_),
     "metainit": metainit_,
     "gradinit": gradinit_,
     "lsuv": lsuv_init_,

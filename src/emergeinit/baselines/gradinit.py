@@ -22,11 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from emergeinit.baselines.data import (
-    Batch, LossFn, NonFiniteError, batch_stream, bn_batch_stats_mode, check_finite, default_loss,
-    to_device,
+from emergeinit.baselines._common import (
+    Batch, LossFn, NonFiniteError, batch_on, batch_stream, bn_batch_stats_mode, call_with, check_finite,
+    default_loss, free_params, placement, rescale_, scaled_params,
 )
-from emergeinit.baselines.metainit import _call
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.trace import preserve_state
 
@@ -78,15 +77,14 @@ def gradinit_objective(
     """(L(S; θ − η·d), ‖g‖) on one batch S = S̃: the loss after GradInit's anticipated step and
     the gradient norm its constraint bounds. BN uses batch statistics, as in the search."""
     loss_fn = loss_fn or default_loss
-    device = next(model.parameters()).device
-    x, y = to_device(batch[0], device), to_device(batch[1], device)
+    x, y = batch_on(model, batch)
     with preserve_state(model), bn_batch_stats_mode(model):
-        params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-        grads = _grads(loss_fn(_call(model, params, x), y), params)
+        params = free_params(model)
+        grads = _grads(loss_fn(call_with(model, params, x), y), params)
         gnorm, direction = _step_direction(grads, alg, normalize_grad)
         with torch.no_grad():
             moved = {n: p - eta * d for (n, p), d in zip(params.items(), direction)}
-            after = loss_fn(_call(model, moved, x), y)
+            after = loss_fn(call_with(model, moved, x), y)
     return float(after), float(gnorm.detach())
 
 
@@ -162,10 +160,7 @@ def gradinit_(
                    normalize_grad=normalize_grad, betas=betas, eps=eps, second_order=second_order)
 
     def body(meter: CostMeter) -> Dict[str, Any]:
-        params0 = list(model.parameters())
-        if not params0:
-            raise ValueError(f"{type(model).__name__} has no parameters")
-        device, dtype = params0[0].device, params0[0].dtype
+        device, dtype = placement(model)
         stream = batch_stream(data, "gradinit", device=device, need_targets=True)
         base = {n: p.detach() for n, p in model.named_parameters()}
         scaled = [n for n, t in base.items() if float(t.norm()) > 0]
@@ -182,10 +177,8 @@ def gradinit_(
                 nxt = next(stream)
                 x, y = cur
                 s_ = s.to(device=device, dtype=dtype).requires_grad_()
-                params = {n: t.clone().requires_grad_() for n, t in base.items()}
-                for i, n in enumerate(scaled):
-                    params[n] = s_[i] * base[n]
-                loss = loss_fn(_call(model, params, x), y)
+                params = scaled_params(base, scaled, s_)
+                loss = loss_fn(call_with(model, params, x), y)
                 if it == 0:
                     check_finite(loss, "the loss at the start", "gradinit", model, x)
                 grads = _grads(loss, params)
@@ -200,7 +193,7 @@ def gradinit_(
                     x2, y2 = _overlap(cur, nxt)
                     moved = {n: p - eta * (d if second_order else d.detach())
                              for (n, p), d in zip(params.items(), direction)}
-                    objective = loss_fn(_call(model, moved, x2), y2) / eta
+                    objective = loss_fn(call_with(model, moved, x2), y2) / eta
                     (grad_s,) = torch.autograd.grad(objective, s_)
                     if second_order:
                         meter.count_hvp()
@@ -212,10 +205,7 @@ def gradinit_(
                     raise NonFiniteError(f"gradinit: non-finite objective or scale gradient at iteration {it}")
                 s = opt.step(s, grad_s.detach().cpu(), floor)
                 cur = nxt
-        live = dict(model.named_parameters())
-        with torch.no_grad():
-            for i, n in enumerate(scaled):
-                live[n].mul_(float(s[i]))
+        rescale_(model, {n: float(s[i]) for i, n in enumerate(scaled)})
         return {
             "iters": iters,
             "objective_steps": objective_opt.t,

@@ -8,53 +8,14 @@ passes through the network: layers are found in registration order.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Optional
 
-import torch
 from torch import nn
 
+from emergeinit.baselines._common import redraw_
 from emergeinit.baselines.record import InitRecord, run_recorded
-from emergeinit.layers import WeightLayer, find_weight_layers
 
-__all__ = ["kaiming_init_", "classifier_layer", "reset_biases_"]
-
-
-def classifier_layer(layers: List[WeightLayer], name: Optional[str] = None) -> WeightLayer:
-    """The layer named ``name`` (module name), else the last Linear in registration order."""
-    if name is not None:
-        for layer in layers:
-            if layer.name == name or layer.key == name:
-                return layer
-        raise ValueError(f"classifier {name!r} is not a weight layer; known: {[l.name for l in layers]}")
-    linears = [l for l in layers if l.kind == "linear"]
-    if not linears:
-        raise ValueError("classifier_std needs a Linear classifier layer; none found (name one with classifier=)")
-    return linears[-1]
-
-
-def redraw_(model: nn.Module, draw: Callable[[torch.Tensor], Any], *, zero_bias: bool,
-            classifier_std: Optional[float], classifier: Optional[str]) -> Dict[str, Any]:
-    """Redraw every weight layer (registration order, no forward pass) with ``draw``, or the
-    classifier from N(0, classifier_std²); zero the biases. Returns the record's details."""
-    layers = find_weight_layers(model, order="registration")
-    head = classifier_layer(layers, classifier) if classifier_std is not None else None
-    with torch.no_grad():
-        for layer in layers:
-            if head is not None and layer.key == head.key:
-                nn.init.normal_(layer.weight, 0.0, classifier_std)
-            else:
-                draw(layer.weight)
-    if zero_bias:
-        reset_biases_(layers)
-    return {"layers": len(layers), "classifier": head.key if head is not None else None}
-
-
-def reset_biases_(layers: List[WeightLayer]) -> None:
-    """Zero every weight layer's bias (the He and Glorot papers start biases at 0)."""
-    with torch.no_grad():
-        for layer in layers:
-            if layer.bias is not None:
-                layer.bias.zero_()
+__all__ = ["kaiming_init_"]
 
 
 def kaiming_init_(

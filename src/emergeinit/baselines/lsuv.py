@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from emergeinit.baselines.data import NonFiniteError, batch_stream, bn_batch_stats_mode, first_nonfinite_layer
+from emergeinit.baselines._common import NonFiniteError, batch_stream, bn_batch_stats_mode, first_nonfinite_layer
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.layers import WeightLayer, find_weight_layers
 from emergeinit.trace import forward_hooks, preserve_state, run_model

@@ -16,21 +16,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from emergeinit.baselines.data import (
-    LossFn, NonFiniteError, batch_stream, check_finite, default_loss, to_device,
+from emergeinit.baselines._common import (
+    LossFn, NonFiniteError, batch_on, batch_stream, call_with, check_finite, default_loss, free_params,
+    placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.trace import infer_example_input, preserve_state
 
 __all__ = ["metainit_", "gradient_quotient"]
-
-
-def _call(model: nn.Module, params: Dict[str, torch.Tensor], x: Any) -> torch.Tensor:
-    if isinstance(x, dict):
-        return functional_call(model, params, (), x)
-    return functional_call(model, params, (x,))
 
 
 def _quotient(
@@ -55,21 +49,16 @@ def _quotient(
     return total / sum(p.numel() for p in params)
 
 
-def _free_params(model: nn.Module) -> Dict[str, torch.Tensor]:
-    return {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-
-
 def gradient_quotient(
     model: nn.Module, batch: Any, *, loss_fn: Optional[LossFn] = None, eps: float = 1e-5
 ) -> float:
     """GQ of ``model`` (eval mode, as MetaInit measures it) on one batch ``(inputs, targets)``."""
     loss_fn = loss_fn or default_loss
-    device = next(model.parameters()).device
-    x, y = to_device(batch[0], device), to_device(batch[1], device)
+    x, y = batch_on(model, batch)
     with preserve_state(model):
         model.eval()
-        params = _free_params(model)
-        loss = loss_fn(_call(model, params, x), y)
+        params = free_params(model)
+        loss = loss_fn(call_with(model, params, x), y)
         return float(_quotient(loss, list(params.values()), eps, None).detach())
 
 
@@ -102,10 +91,7 @@ def metainit_(
                    input_shape=input_shape, min_scale=min_scale)
 
     def body(meter: CostMeter) -> Dict[str, Any]:
-        params0 = list(model.parameters())
-        if not params0:
-            raise ValueError(f"{type(model).__name__} has no parameters")
-        device, dtype = params0[0].device, params0[0].dtype
+        device, dtype = placement(model)
         if data is None:
             shape = tuple(input_shape) if input_shape is not None else tuple(
                 infer_example_input(model, batch=batch_size).shape)
@@ -127,10 +113,8 @@ def metainit_(
                 else:
                     x, y = next(stream)
                 c = (norm / norm0).to(device=device, dtype=dtype).requires_grad_()
-                params = {n: t.clone().requires_grad_() for n, t in base.items()}
-                for i, n in enumerate(tuned):
-                    params[n] = c[i] * base[n]
-                out = _call(model, params, x)
+                params = scaled_params(base, tuned, c)
+                out = call_with(model, params, x)
                 if y is None:
                     y = torch.randint(0, out.shape[-1], (out.shape[0],), device=device)
                 loss = loss_fn(out, y)
@@ -144,10 +128,7 @@ def metainit_(
                 history.append(float(gq.detach()))
                 memory = momentum * memory - lr * grad_c.detach().sign().to(torch.float64).cpu()
                 norm = torch.maximum(norm + memory, min_scale * norm0)
-        live = dict(model.named_parameters())
-        with torch.no_grad():
-            for i, n in enumerate(tuned):
-                live[n].mul_(float(norm[i] / norm0[i]))
+        rescale_(model, {n: float(norm[i] / norm0[i]) for i, n in enumerate(tuned)})
         return {
             "steps": steps,
             "tuned_tensors": len(tuned),

@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 from torch import nn
 
-from emergeinit.baselines.kaiming import redraw_
+from emergeinit.baselines._common import redraw_
 from emergeinit.baselines.record import InitRecord, run_recorded
 
 __all__ = ["xavier_init_"]

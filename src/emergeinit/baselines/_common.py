@@ -1,4 +1,5 @@
-"""Batches, losses and failure diagnosis shared by the data-dependent methods.
+"""What the baselines share: batch streams, non-finite diagnosis, searches through
+``torch.func.functional_call`` on scaled copies of the parameters, and redraws of every weight layer.
 
 ``data`` is one batch ``(x, y)`` (or a bare input ``x`` where labels are not needed) or any
 iterable of such batches (a DataLoader, a list). Methods cycle through it for as many
@@ -7,12 +8,15 @@ iterations as they run; a one-shot iterator is replayed from the batches it alre
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
+from emergeinit.layers import WeightLayer, find_weight_layers
 from emergeinit.trace import forward_hooks, run_model
 
 __all__ = [
@@ -23,9 +27,20 @@ __all__ = [
     "to_device",
     "first_nonfinite_layer",
     "check_finite",
-    "bn_batch_stats_mode",
     "default_loss",
+    "bn_batch_stats_mode",
+    "placement",
+    "batch_on",
+    "free_params",
+    "scaled_params",
+    "call_with",
+    "rescale_",
+    "classifier_layer",
+    "redraw_",
+    "reset_biases_",
 ]
+
+# ------------------------------------------------------------------------------------- batches
 
 Batch = Tuple[Any, Optional[torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -173,21 +188,98 @@ def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output, target)
 
 
-class bn_batch_stats_mode:
-    """Eval mode (no dropout) except batch-norm layers, which normalize with batch statistics.
+@contextmanager
+def bn_batch_stats_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) except batch-norm layers, which normalize with batch statistics:
+    GradInit's convention for its search, and ours for LSUV. Modes and the running statistics the
+    BN layers update meanwhile are restored by :func:`emergeinit.trace.preserve_state`, not here."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    yield
 
-    GradInit's convention for its search (and ours for LSUV); the running statistics the BN
-    layers update meanwhile are restored by :class:`emergeinit.layers.preserve_state`.
-    """
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+# ----------------------------------------------------------- searches on copies of the parameters
 
-    def __enter__(self) -> None:
-        self.model.eval()
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train()
+def placement(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first parameter; a model without any is a ValueError."""
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError(f"{type(model).__name__} has no parameters")
+    return first.device, first.dtype
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+
+def batch_on(model: nn.Module, batch: Any) -> Tuple[Any, Any]:
+    """``(inputs, targets)`` of one batch, moved to the model's device."""
+    device, _ = placement(model)
+    return to_device(batch[0], device), to_device(batch[1], device)
+
+
+def free_params(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Detached copies of every parameter, by name, that autograd can differentiate."""
+    return {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+
+
+def scaled_params(base: Dict[str, torch.Tensor], names: Sequence[str], scales: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Parameters for :func:`call_with`: ``scales[i] * base[names[i]]`` (differentiable in the
+    scales) and free copies of every other tensor of ``base``."""
+    params = {n: t.clone().requires_grad_() for n, t in base.items()}
+    for i, n in enumerate(names):
+        params[n] = scales[i] * base[n]
+    return params
+
+
+def call_with(model: nn.Module, params: Dict[str, torch.Tensor], x: Any) -> Any:
+    """``model`` run on ``x`` (a tensor or a dict of keywords) with ``params`` in place of its own."""
+    if isinstance(x, dict):
+        return functional_call(model, params, (), x)
+    return functional_call(model, params, (x,))
+
+
+def rescale_(model: nn.Module, scales: Dict[str, float]) -> None:
+    """Multiply each named parameter by its scale, in place: a search's one write to the model."""
+    live = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, s in scales.items():
+            live[n].mul_(s)
+
+
+# ------------------------------------------------------------------------------------- redraws
+
+def classifier_layer(layers: List[WeightLayer], name: Optional[str] = None) -> WeightLayer:
+    """The layer named ``name`` (module name), else the last Linear in registration order."""
+    if name is not None:
+        for layer in layers:
+            if layer.name == name or layer.key == name:
+                return layer
+        raise ValueError(f"classifier {name!r} is not a weight layer; known: {[l.name for l in layers]}")
+    linears = [l for l in layers if l.kind == "linear"]
+    if not linears:
+        raise ValueError("classifier_std needs a Linear classifier layer; none found (name one with classifier=)")
+    return linears[-1]
+
+
+def redraw_(model: nn.Module, draw: Callable[[torch.Tensor], Any], *, zero_bias: bool,
+            classifier_std: Optional[float], classifier: Optional[str]) -> Dict[str, Any]:
+    """Redraw every weight layer (registration order, no forward pass) with ``draw``, or the
+    classifier from N(0, classifier_std²); zero the biases. Returns the record's details."""
+    layers = find_weight_layers(model, order="registration")
+    head = classifier_layer(layers, classifier) if classifier_std is not None else None
+    with torch.no_grad():
+        for layer in layers:
+            if head is not None and layer.key == head.key:
+                nn.init.normal_(layer.weight, 0.0, classifier_std)
+            else:
+                draw(layer.weight)
+    if zero_bias:
+        reset_biases_(layers)
+    return {"layers": len(layers), "classifier": head.key if head is not None else None}
+
+
+def reset_biases_(layers: List[WeightLayer]) -> None:
+    """Zero every weight layer's bias (the He and Glorot papers start biases at 0)."""
+    with torch.no_grad():
+        for layer in layers:
+            if layer.bias is not None:
+                layer.bias.zero_()
