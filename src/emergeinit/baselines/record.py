@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from emergeinit.layers import find_weight_layers
+from emergeinit.trace import forward_hooks
 
 __all__ = ["InitRecord", "CostMeter", "run_recorded", "jsonable"]
 
@@ -86,7 +87,8 @@ class CostMeter:
     def count_hvp(self, n: int = 1) -> None:
         self.hvp += n
 
-    def _on_forward(self, module: nn.Module, args: Any) -> None:
+    def count_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        """A forward pre-hook on the root module: every pass through the model counts."""
         self.forward += 1
 
 
@@ -134,17 +136,15 @@ def run_recorded(
     start = _norms(keys, [l.weight for l in layers])
     saved = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
     meter = CostMeter()
-    handle = model.register_forward_pre_hook(meter._on_forward)
     t0 = time.perf_counter()
     try:
-        details = body(meter) or {}
+        with forward_hooks([model], pre=meter.count_forward):
+            details = body(meter) or {}
     except BaseException:
         with torch.no_grad():
             for tensor, copy in saved:
                 tensor.copy_(copy)
         raise
-    finally:
-        handle.remove()
     wall = time.perf_counter() - t0
     end = _norms(keys, [l.weight for l in layers])
     scales = {k: (end[k] / start[k] if start[k] > 0 else float("nan")) for k in keys}
