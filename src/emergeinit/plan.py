@@ -170,7 +170,8 @@ def _scheduled(model: nn.Module, layers: List[WeightLayer], example_input: Any, 
         return scheduled, []
     types = (_EMBEDDING_TYPES if embeddings else ()) + (_NORM_TYPES if norms else ())
     wanted = {id(l.module) for l in layers}
-    order = call_order(model, [m for m in model.modules() if isinstance(m, types) or id(m) in wanted], example_input)
+    hooked = [m for m in model.modules() if isinstance(m, types) or id(m) in wanted]
+    order = call_order(model, hooked, example_input)
     pos = {id(m): i for i, m in enumerate(order)}
     names = {id(m): n for n, m in model.named_modules()}
     keyed: List[Tuple[float, Scheduled]] = []
@@ -182,13 +183,13 @@ def _scheduled(model: nn.Module, layers: List[WeightLayer], example_input: Any, 
     tensors = {id(l.weight) for l in layers}
     norm_at: List[Tuple[float, Scheduled]] = []
     for m in order:
-        name = names[id(m)]
+        name, key = names[id(m)], qualified_name(names[id(m)], "weight")
         if embeddings and isinstance(m, _EMBEDDING_TYPES) and id(m.weight) not in tensors:
             tensors.add(id(m.weight))
-            keyed.append((pos[id(m)], Scheduled(name, qualified_name(name, "weight"), "embedding", tuple(m.weight.shape))))
+            keyed.append((pos[id(m)], Scheduled(name, key, "embedding", tuple(m.weight.shape))))
         if norms and isinstance(m, _NORM_TYPES) and getattr(m, "weight", None) is not None:
             bias_key = qualified_name(name, "bias") if m._parameters.get("bias") is not None else None
-            norm_at.append((pos[id(m)], Scheduled(name, qualified_name(name, "weight"), "norm", tuple(m.weight.shape), bias_key)))
+            norm_at.append((pos[id(m)], Scheduled(name, key, "norm", tuple(m.weight.shape), bias_key)))
     keyed.sort(key=lambda t: t[0])
     follows = []
     for p, norm in norm_at:

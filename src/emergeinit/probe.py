@@ -18,7 +18,9 @@ from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Opti
 import torch
 from torch import nn
 
-from emergeinit.emergence import LayerEdge, LayerGraph, LayerNode, Number, exact_pivot, layered_emergence, lemma_pivot
+from emergeinit.emergence import (
+    LayerEdge, LayerGraph, LayerNode, Number, exact_pivot, layered_emergence, lemma_pivot,
+)
 from emergeinit.layers import WeightLayer, find_weight_layers, layer_by_module
 from emergeinit.trace import ELEMENTWISE_MODULES, FxLayers, forward_hooks, fx_or_warn, preserve_state, run_model
 

@@ -121,27 +121,30 @@ def _attention_fastpath_off() -> Iterator[None]:
             mha.set_fastpath_enabled(was)
 
 
+def _observing(hook: Callable[..., Any]) -> Callable[..., None]:
+    """``hook`` with its return value dropped: a returned value would replace the module's inputs
+    or output."""
+    def observe(*args: Any) -> None:
+        hook(*args)
+
+    return observe
+
+
 @contextmanager
 def forward_hooks(modules: Iterable[nn.Module], *, pre: Optional[PreHook] = None,
                   post: Optional[PostHook] = None) -> Iterator[None]:
     """Call ``pre(module, args, kwargs)`` before and ``post(module, args, kwargs, output)`` after
-    every forward of ``modules`` inside the block; the hooks only observe (return values are
-    ignored), the attention fast path is off so nested Linear modules run, and every hook is
-    removed on exit, also when the forward raises."""
-    def on_pre(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        pre(module, args, kwargs)  # type: ignore[misc]
-
-    def on_post(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
-        post(module, args, kwargs, output)  # type: ignore[misc]
-
+    every forward of ``modules`` inside the block; the hooks only observe, the attention fast path
+    is off so nested Linear modules run, and every hook is removed on exit, also when the forward
+    raises."""
     handles = []
     try:
         with _attention_fastpath_off():
             for m in modules:
                 if pre is not None:
-                    handles.append(m.register_forward_pre_hook(on_pre, with_kwargs=True))
+                    handles.append(m.register_forward_pre_hook(_observing(pre), with_kwargs=True))
                 if post is not None:
-                    handles.append(m.register_forward_hook(on_post, with_kwargs=True))
+                    handles.append(m.register_forward_hook(_observing(post), with_kwargs=True))
             yield
     finally:
         for h in handles:
@@ -165,7 +168,7 @@ def call_order(model: nn.Module, modules: Iterable[nn.Module], example_input: An
                         f"tracing {type(model).__name__} on the example input failed "
                         f"({type(err).__name__}: {err}); pass an example_input its forward accepts"
                     ) from err
-    return list(dict.fromkeys(calls))
+    return list({id(m): m for m in calls}.values())  # first calls, in order
 
 
 # ------------------------------------------------------------------------------ input inference
@@ -418,8 +421,8 @@ class FxLayers:
         for i, read in enumerate(self.reads):
             target = f"_emergeinit_tap_{i}"
             gm.add_submodule(target, _Tap(record, i))
-            where = graph.inserting_before(read.before) if read.before is not None else graph.inserting_after(read.node)
-            with where:
+            before = read.before is not None
+            with graph.inserting_before(read.before) if before else graph.inserting_after(read.node):
                 graph.call_module(target, (read.node,))
         gm.recompile()
         return gm

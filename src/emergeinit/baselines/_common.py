@@ -221,7 +221,8 @@ def free_params(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
 
 
-def scaled_params(base: Dict[str, torch.Tensor], names: Sequence[str], scales: torch.Tensor) -> Dict[str, torch.Tensor]:
+def scaled_params(base: Dict[str, torch.Tensor], names: Sequence[str],
+                  scales: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Parameters for :func:`call_with`: ``scales[i] * base[names[i]]`` (differentiable in the
     scales) and free copies of every other tensor of ``base``."""
     params = {n: t.clone().requires_grad_() for n, t in base.items()}
