@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+import emergeinit as ei
 from emergeinit.models import build_model, model_input_shape
-from emergeinit.layers import find_weight_layers
 
 # 16 biased 3x3 convs of the VGG-19 configuration, then Linear(512, 10)
 _VGG_WIDTHS = [3, 64, 64, 128, 128, 256, 256, 256, 256] + [512] * 8
@@ -27,7 +27,7 @@ def test_shapes_layers_and_parameter_counts(name, weight_layers, params):
     model = build_model(name)
     x = torch.randn(2, *model_input_shape(name))
     assert model(x).shape == (2, 10)
-    assert len(find_weight_layers(model, x)) == weight_layers
+    assert len(ei.find_weight_layers(model, x)) == weight_layers
     assert sum(p.numel() for p in model.parameters()) == params
 
 

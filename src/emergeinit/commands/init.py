@@ -38,14 +38,14 @@ def _build(spec: str) -> Tuple[nn.Module, Tuple[int, ...]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emergeinit.init import emergence_init_
+    import emergeinit as ei
 
     torch.manual_seed(args.seed)
     model, shape = _build(args.model)
     shape = args.input_shape or shape
     example = torch.randn(2, *shape) if shape else None
     try:
-        plan = emergence_init_(
+        plan = ei.emergence_init_(
             model, alpha=args.alpha, schedule=args.schedule, scope=args.scope, blocks=args.blocks,
             base=None if args.base == "none" else args.base, example_input=example,
         )

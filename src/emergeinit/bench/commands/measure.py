@@ -80,7 +80,8 @@ def _inputs(args: argparse.Namespace, shape: Tuple[int, ...]) -> torch.Tensor:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emergeinit.probe import DEFAULT_THRESHOLD, measure_emergence
+    import emergeinit as ei
+    from emergeinit.probe import DEFAULT_THRESHOLD
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     results: List[Dict[str, Any]] = []
@@ -92,12 +93,10 @@ def main(args: argparse.Namespace) -> int:
         if x is None:
             x = _inputs(args, shape)
         if init != "none":
-            from emergeinit import initialize
-
             torch.manual_seed(args.seed)
             options = {"alpha": args.alpha, "schedule": args.schedule} if init == "emergence" else {}
-            initialize(model, init, **options)
-        report = measure_emergence(
+            ei.initialize(model, init, **options)
+        report = ei.measure_emergence(
             model, x, threshold=threshold, mode=args.mode,
             include_input=args.include_input, include_output=not args.exclude_output,
         )
