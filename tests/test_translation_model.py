@@ -10,9 +10,9 @@ import torch
 from _translation_helpers import PAIRS
 
 from emergeinit.bench.translation.decode import beam_search, corpus_bleu, greedy_decode, translate
-from emergeinit.bench.translation.model import DecoderLayer, EncoderLayer, FeedForward, Seq2SeqTransformer
 from emergeinit.bench.translation.spm import EOS, PAD, collate, encode_pairs, train_sentencepiece
 from emergeinit.bench.translation.train import apply_init, inverse_sqrt_lr, resolve_config
+from emergeinit.models.transformer import DecoderLayer, EncoderLayer, FeedForward, Seq2SeqTransformer
 
 
 

@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from emergeinit.models.transformer import Seq2SeqTransformer
+
 from .data import load_corpus
 from .decode import corpus_bleu, translate
-from .model import Seq2SeqTransformer
 from .spm import PAD, Batch, collate, encode_pairs, token_batches, train_sentencepiece
 
 __all__ = ["PROTOCOLS", "INITS", "resolve_config", "inverse_sqrt_lr", "build_model", "apply_init", "run"]
@@ -105,7 +106,7 @@ def build_model(config: Dict[str, Any], vocab_size: int) -> Seq2SeqTransformer:
         encoder_layers=c["encoder_layers"], decoder_layers=c["decoder_layers"], dropout=c["dropout"],
         attention_dropout=c["attention_dropout"], activation_dropout=c["activation_dropout"],
         share_embeddings=c["share_embeddings"], tie_output=c["tie_output"], layer_norm=c["layer_norm"],
-        max_positions=max(1024, c["max_len"] * 2 + 16),
+        max_positions=max(1024, c["max_len"] * 2 + 16), pad_id=PAD,
     )
 
 

@@ -1,5 +1,6 @@
-"""A post-LN encoder–decoder transformer (Vaswani et al.; fairseq's ``transformer_iwslt_de_en``
-layer order): LayerNorm after each residual sum, sinusoidal positions, tied output projection.
+"""The paper's translation model: a post-LN encoder–decoder transformer (Vaswani et al.; fairseq's
+``transformer_iwslt_de_en`` layer order): LayerNorm after each residual sum, sinusoidal
+positions, tied output projection. Token ids are the caller's; only the padding id matters here.
 
 Conventions the initializers rely on: encoder layers' classes set ``emergeinit_encoder_layer``,
 decoder layers' ``emergeinit_decoder_layer``; attention modules hold plain ``q_proj``/``k_proj``/
@@ -17,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spm import PAD
-
-__all__ = ["Attention", "FeedForward", "EncoderLayer", "DecoderLayer", "Seq2SeqTransformer"]
+__all__ = ["Attention", "FeedForward", "EncoderLayer", "DecoderLayer", "Seq2SeqTransformer",
+           "sinusoidal_positions"]
 
 
 class Attention(nn.Module):
@@ -126,8 +126,8 @@ class Seq2SeqTransformer(nn.Module):
     ``share_embeddings``: one embedding matrix for source and target (joint vocabulary);
     ``tie_output``: the output projection is the target embedding (applied functionally, as in
     fairseq; untied it is a Linear ``output_proj``). Parameters start as
-    fairseq does (Xavier-uniform Linears, zero biases, embeddings N(0, dim^-1/2), pad row 0);
-    the harness re-initializes by name afterwards.
+    fairseq does (Xavier-uniform Linears, zero biases, embeddings N(0, dim^-1/2), the ``pad_id``
+    row 0); the harness re-initializes by name afterwards. ``pad_id`` tokens are masked out.
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class Seq2SeqTransformer(nn.Module):
         tie_output: bool = True,
         layer_norm: bool = True,
         max_positions: int = 1024,
-        pad_id: int = PAD,
+        pad_id: int = 0,
     ):
         super().__init__()
         self.pad_id, self.dim = pad_id, dim
