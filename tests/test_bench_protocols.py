@@ -6,7 +6,8 @@ from torch import nn
 
 from emergeinit.bench.data import ImageData
 from emergeinit.bench.image import make_optimizer, train_epoch
-from emergeinit.bench.protocols import init_label, lr_lambda, resolve_config
+from emergeinit.bench.protocols import lr_lambda, resolve_config
+from emergeinit.bench.records import init_label
 
 
 def test_table1_resolves_every_hyperparameter():

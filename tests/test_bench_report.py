@@ -4,7 +4,8 @@ import pytest
 
 from emergeinit.bench.commands.demo import DEMO_SPEC
 from emergeinit.bench.grid import expand_grid, load_grid
-from emergeinit.bench.report import bold_best, group_records, markdown_table, mean_std
+from emergeinit.bench.records import group_records
+from emergeinit.bench.report import bold_best, markdown_table, mean_std
 from emergeinit.cli import main as cli_main
 
 

@@ -5,7 +5,8 @@ import pytest
 from _bench_helpers import write_fashion_mnist
 from emergeinit.bench import runner
 from emergeinit.bench.grid import apply_sets, expand_grid, filter_configs, load_grid
-from emergeinit.bench.runner import append_record, latest_records, read_records, run_grid, run_id
+from emergeinit.bench.records import append_record, latest_records, read_records
+from emergeinit.bench.runner import run_grid, run_id
 
 
 def fake_task(config, *, progress=True):

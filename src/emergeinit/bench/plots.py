@@ -12,19 +12,27 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from emergeinit.bench.protocols import init_label
-from emergeinit.bench.report import log10_emergence as _log10_e
+from emergeinit.bench.records import group_records, init_label, log10_emergence
 
-__all__ = ["image_plots", "loss_curves_plot", "mlp_plot", "active_fraction_plot", "format_e"]
+__all__ = ["image_plots", "loss_curves_plot", "mlp_plot", "active_fraction_plot", "format_e", "pyplot",
+           "integer_ticks"]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported on first use: an extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def integer_ticks():
+    """A tick locator that puts ticks on whole numbers only (epochs, layer indices)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def format_e(log10_value: Optional[float]) -> str:
@@ -35,11 +43,37 @@ def format_e(log10_value: Optional[float]) -> str:
     return f"{10 ** (log10_value - exp):.2f}e{exp}"
 
 
-def _by(records: Sequence[Mapping[str, Any]], key) -> Dict[Any, List[Mapping[str, Any]]]:
-    out: Dict[Any, List[Mapping[str, Any]]] = {}
-    for r in records:
-        out.setdefault(key(r), []).append(r)
-    return out
+def _by(records: Sequence[Mapping[str, Any]], key: Any) -> Dict[Any, List[Mapping[str, Any]]]:
+    """Records by one key (see :func:`group_records`), keyed by its value rather than a 1-tuple."""
+    return {k[0]: v for k, v in group_records(records, [key]).items()}
+
+
+def _init_label(record: Mapping[str, Any]) -> str:
+    return init_label(record["config"])
+
+
+def _model_panels(records: Sequence[Mapping[str, Any]]):
+    """A figure with one panel per model (2 columns), or None without records: ``(plt, fig,
+    [(axes, model, {init label: records})])``."""
+    by_model = _by(records, "config.model")
+    if not by_model:
+        return None
+    plt = pyplot()
+    n = len(by_model)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    panels = [(ax, model, _by(recs, _init_label)) for ax, (model, recs) in zip(axes.flat, by_model.items())]
+    return plt, fig, panels
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _mean_curve(curves: List[List[float]]) -> List[float]:
@@ -50,24 +84,14 @@ def _mean_curve(curves: List[List[float]]) -> List[float]:
     return [statistics.mean(c[i] for c in curves) for i in range(n)]
 
 
-def _panels(plt, n: int):
-    cols = min(n, 2)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.2 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
-
-
 def loss_curves_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
     """Fig 2: training loss against epochs (fractional, all phases), per init, E in the legend."""
-    by_model = _by(records, lambda r: r["config"]["model"])
-    if not by_model:
+    figure = _model_panels(records)
+    if figure is None:
         return None
-    plt = _plt()
-    fig, axes = _panels(plt, len(by_model))
-    for ax, (model, recs) in zip(axes, by_model.items()):
-        for label, group in _by(recs, lambda r: init_label(r["config"])).items():
+    plt, fig, panels = figure
+    for ax, model, by_label in panels:
+        for label, group in by_label.items():
             xs_all, curves = None, []
             for r in group:
                 xs, ys = [], []
@@ -82,7 +106,7 @@ def loss_curves_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Option
             ys = _mean_curve(curves)
             if not ys:
                 continue
-            logs = [v for v in (_log10_e(r) for r in group) if v is not None]
+            logs = [v for v in (log10_emergence(r) for r in group) if v is not None]
             # the report's convention: 10^(mean log10 E) over seeds
             e_text = format_e(statistics.mean(logs)) if logs else "n/a"
             ax.plot(xs_all[: len(ys)], ys, label=f"{label}  E={e_text}")
@@ -90,10 +114,7 @@ def loss_curves_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Option
         ax.set_xlabel("epoch")
         ax.set_ylabel("train loss")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def mlp_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
@@ -101,9 +122,9 @@ def mlp_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]
     recs = [r for r in records if r["config"].get("model") == "mlp"]
     if not recs:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for label, group in _by(recs, lambda r: init_label(r["config"])).items():
+    for label, group in _by(recs, _init_label).items():
         for ax, key in ((ax_loss, "train_loss"), (ax_acc, "test_acc")):
             series: Dict[int, List[float]] = {}
             for r in group:
@@ -121,12 +142,9 @@ def mlp_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]
     ax_loss.set(title="MLP: training loss per epoch", xlabel="epoch", ylabel="train loss")
     ax_acc.set(title="MLP: test accuracy per epoch", xlabel="epoch", ylabel="test accuracy (%)")
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.xaxis.set_major_locator(integer_ticks())
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _fractions(record: Mapping[str, Any]) -> List[float]:
@@ -139,32 +157,21 @@ def _fractions(record: Mapping[str, Any]) -> List[float]:
     return out
 
 
-def _integer_ticks():
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True)
-
-
 def active_fraction_plot(records: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
     """Active fraction a_i / n_i per layer at init, one line per init (its α in the label)."""
-    recs = [r for r in records if _fractions(r)]
-    by_model = _by(recs, lambda r: r["config"]["model"])
-    if not by_model:
+    figure = _model_panels([r for r in records if _fractions(r)])
+    if figure is None:
         return None
-    plt = _plt()
-    fig, axes = _panels(plt, len(by_model))
-    for ax, (model, group_recs) in zip(axes, by_model.items()):
-        for label, group in _by(group_recs, lambda r: init_label(r["config"])).items():
+    plt, fig, panels = figure
+    for ax, model, by_label in panels:
+        for label, group in by_label.items():
             ys = _mean_curve([_fractions(r) for r in group])
             ax.plot(range(len(ys)), ys, marker=".", label=label)
-        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.xaxis.set_major_locator(integer_ticks())
         ax.set(title=f"{model}: active fraction per layer at init", xlabel="layer i (0-based, execution order)",
                ylabel="a_i / n_i", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def image_plots(records: Sequence[Mapping[str, Any]], out_dir: Path) -> List[Tuple[str, Path]]:

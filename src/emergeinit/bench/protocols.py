@@ -15,11 +15,9 @@ from typing import Any, Callable, Dict, Mapping
 __all__ = [
     "COMMON",
     "PROTOCOLS",
-    "EXTRA_EPOCH_LABELS",
     "resolve_config",
     "has_batch_norm",
     "lr_lambda",
-    "init_label",
 ]
 
 # Keys every image run has, with the values used when neither the protocol nor the user sets them.
@@ -101,9 +99,6 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
     },
 }
 
-EXTRA_EPOCH_LABELS = {"const": "+1 epoch (const LR)", "warmup": "+1 epoch (warmup)"}
-
-
 def has_batch_norm(model: str) -> bool:
     """Whether a model name of emergeinit.models has batch norm (the ``_bn`` variants)."""
     return model.endswith("_bn")
@@ -169,20 +164,3 @@ def lr_lambda(config: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int]
         return 0.5 * (1.0 + math.cos(math.pi * t / horizon)) if cosine else 1.0
 
     return factor
-
-
-def init_label(config: Mapping[str, Any]) -> str:
-    """A row name for tables and legends: the init, its main options, and the extra epoch."""
-    init = str(config.get("init"))
-    opts = dict(config.get("init_options") or {})
-    parts = []
-    for key in ("schedule", "alpha", "scope", "base"):
-        if key in opts and opts[key] is not None:
-            parts.append(f"α={opts[key]:g}" if key == "alpha" and isinstance(opts[key], (int, float))
-                         else f"{opts[key]}")
-    label = init + (f" ({', '.join(parts)})" if parts else "")
-    extra = config.get("extra_epoch")
-    if extra:
-        label += " " + EXTRA_EPOCH_LABELS[extra]
-    return label
-

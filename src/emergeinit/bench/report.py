@@ -1,7 +1,7 @@
-"""Markdown tables from results files, and the image task's Table-1-style report.
+"""Markdown tables from records, and the image task's Table-1-style report.
 
-Shared helpers (the translation report uses them too): :func:`mean_std`, :func:`group_records`,
-:func:`markdown_table`, :func:`bold_best`. Diverged runs are counted in their cell, never dropped.
+Shared helpers (the translation report uses them too): :func:`mean_std`, :func:`markdown_table`,
+:func:`bold_best`. Diverged runs are counted in their cell, never dropped.
 """
 
 from __future__ import annotations
@@ -9,15 +9,12 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from emergeinit.bench.protocols import init_label
-from emergeinit.bench.runner import latest_records
+from emergeinit.bench import plots
+from emergeinit.bench.records import accuracy, group_records, init_label, latest_records, log10_emergence
 
-__all__ = ["mean_std", "group_records", "markdown_table", "bold_best", "image_report",
-           "image_cells", "record_value", "log10_emergence"]
-
-Key = Union[str, Callable[[Mapping[str, Any]], Any]]
+__all__ = ["mean_std", "markdown_table", "bold_best", "image_report", "image_cells"]
 
 
 def mean_std(values: Sequence[float], digits: int = 1) -> str:
@@ -28,35 +25,6 @@ def mean_std(values: Sequence[float], digits: int = 1) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.{digits}f}"
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
-
-def record_value(record: Mapping[str, Any], key: Key) -> Any:
-    """A dotted path into a record (``config.model``), or a function of the record."""
-    if callable(key):
-        return key(record)
-    value: Any = record
-    for part in key.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
-
-
-def group_records(records: Iterable[Mapping[str, Any]], keys: Sequence[Key]) -> Dict[Tuple, List[Mapping[str, Any]]]:
-    """Records grouped by the values of ``keys`` (dotted paths or functions), in first-seen order."""
-    groups: Dict[Tuple, List[Mapping[str, Any]]] = {}
-    for r in records:
-        k = tuple(_hashable(record_value(r, key)) for key in keys)
-        groups.setdefault(k, []).append(r)
-    return groups
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
-    if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
-    return v
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -78,26 +46,6 @@ def bold_best(cells: Sequence[str], scores: Sequence[Optional[float]], higher: b
 
 # --------------------------------------------------------------------------------- image report
 
-def _acc(record: Mapping[str, Any], which: str) -> Optional[float]:
-    main = [e.get("test_acc") for e in record.get("epochs") or [] if e.get("phase", "main") == "main"]
-    main = [a for a in main if a is not None]
-    if not main:
-        return None
-    return main[0] if which == "acc_1" else max(main)
-
-
-def log10_emergence(record: Mapping[str, Any]) -> Optional[float]:
-    """log10 of E at init of a record (None when it was not measured)."""
-    e = record.get("emergence_at_init") or {}
-    if e.get("log10") is not None:
-        return float(e["log10"])
-    v = e.get("value")
-    if v is None:
-        return None
-    v = int(v) if isinstance(v, int) else float(v)
-    return math.log10(v) if v > 0 else None
-
-
 def image_cells(records: Iterable[Mapping[str, Any]]) -> Dict[Tuple[str, str], Dict[str, Any]]:
     """(row = init label, column = model) -> {acc_1, acc_best, log10_e (lists), n, diverged, error}."""
     cells: Dict[Tuple[str, str], Dict[str, Any]] = {}
@@ -111,7 +59,7 @@ def image_cells(records: Iterable[Mapping[str, Any]]) -> Dict[Tuple[str, str], D
         cell["n"] += 1
         cell["diverged"] += int(r.get("status") == "diverged")
         for key in ("acc_1", "acc_best"):
-            a = _acc(r, key)
+            a = accuracy(r, key)
             if a is not None:
                 cell[key].append(a)
         le = log10_emergence(r)
@@ -151,8 +99,6 @@ def image_report(records: Iterable[Mapping[str, Any]], out_dir: Union[str, Path]
     """Table-1-style markdown for the image records (one section per protocol and dataset:
     Acc_1, Acc_best when runs trained longer, log10 E at init), plus the plots, written to
     ``out_dir``. Returns the markdown."""
-    from emergeinit.bench import plots
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in latest_records(records) if r.get("task", "image") == "image"]

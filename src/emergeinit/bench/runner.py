@@ -1,10 +1,9 @@
-"""Runs as independent units: a config in, one JSON record out, appended to a results file.
+"""Runs as independent units: a config in, one record out, appended to a results file
+(:mod:`emergeinit.bench.records`).
 
 A record is the task's result plus where and how it ran (config, git commit, versions, device,
-wall time, status). Records are appended one whole line at a time and fsync'ed; a reader skips a
-torn last line, and the next append cuts that line off (only a line that is not a whole record: a
-record whose newline was lost is kept). A grid resumes by skipping configs whose
-:func:`run_id` already has a finished record (``ok`` or ``diverged``; ``error`` runs are retried).
+wall time, status). A grid resumes by skipping configs whose :func:`run_id` already has a
+finished record (``ok`` or ``diverged``; ``error`` runs are retried).
 
 The executor is the only seam between a grid and where its runs happen: anything with
 ``map(fn, configs) -> iterable of records`` (in the order it likes) will do, e.g. a process or
@@ -17,30 +16,16 @@ import datetime as _dt
 import functools
 import hashlib
 import json
-import os
 import time
 import traceback
-import warnings
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 from emergeinit.bench.env import device_name, git_commit, pick_device, versions
+from emergeinit.bench.records import PathLike, append_record, finished_ids
 from emergeinit.bench.tasks import resolve_task_config, run_task
 
-__all__ = [
-    "run_id",
-    "execute",
-    "append_record",
-    "read_records",
-    "latest_records",
-    "finished_ids",
-    "InProcessExecutor",
-    "run_grid",
-    "FINISHED",
-]
+__all__ = ["run_id", "execute", "InProcessExecutor", "run_grid"]
 
-PathLike = Union[str, os.PathLike]
-FINISHED = ("ok", "diverged")
 # where the data came from and how many CPU threads ran it do not change a result
 _ID_IGNORED = ("data_dir", "download", "cpu_threads")
 
@@ -79,94 +64,6 @@ def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, An
     record["status"] = status
     record["error"] = error
     return record
-
-
-def _last_line_start(f: Any, size: int) -> int:
-    """Offset just after the last newline before ``size`` (0 when there is none), read backwards
-    in chunks so a line of any length is found whole."""
-    end = size
-    while end > 0:
-        start = max(0, end - (1 << 20))
-        f.seek(start)
-        chunk = f.read(end - start)
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            return start + cut + 1
-        end = start
-    return 0
-
-
-def _mend_tail(path: Path) -> None:
-    """Make the file end in a newline before an append. A last line without one is kept (a newline
-    is added) when it is a whole JSON record (an editor stripped the newline); only a line that
-    does not parse (a write killed part-way) is cut, and never more than that one line."""
-    with open(path, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        start = _last_line_start(f, size)
-        f.seek(start)
-        tail = f.read(size - start)
-        try:
-            json.loads(tail)
-        except ValueError:  # torn (json.JSONDecodeError, or bytes that are not UTF-8)
-            f.truncate(start)
-            return
-        f.seek(size)
-        f.write(b"\n")
-
-
-def append_record(path: PathLike, record: Mapping[str, Any]) -> None:
-    """Append ``record`` as one JSON line, in one write, flushed and fsync'ed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _mend_tail(path)
-    line = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_records(path: PathLike) -> List[Dict[str, Any]]:
-    """All records of a results file, in file order; a torn last line is skipped silently, any
-    other unreadable line with a warning."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:  # the last piece has no newline: a torn write
-                warnings.warn(f"{path}: skipping unreadable line {i + 1}")
-    return records
-
-
-def latest_records(records: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """One record per id: the last finished one, else the last one (an error). Order kept."""
-    by_id: Dict[str, Dict[str, Any]] = {}
-    for r in records:
-        old = by_id.get(r["id"])
-        if old is None or r.get("status") in FINISHED or old.get("status") not in FINISHED:
-            by_id[r["id"]] = dict(r)
-    return list(by_id.values())
-
-
-def finished_ids(path: PathLike) -> set:
-    """Ids with an ``ok`` or ``diverged`` record in the results file."""
-    return {r["id"] for r in read_records(path) if r.get("status") in FINISHED}
 
 
 class InProcessExecutor:

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from emergeinit.bench.grid import apply_sets, filter_configs, load_grid
-    from emergeinit.bench.runner import finished_ids, run_grid, run_id
+    from emergeinit.bench.records import finished_ids
+    from emergeinit.bench.runner import run_grid, run_id
     from emergeinit.bench.tasks import resolve_task_config
 
     results = Path(args.results or Path("results") / (Path(args.config).stem + ".jsonl"))

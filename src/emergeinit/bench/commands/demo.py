@@ -55,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from emergeinit.bench.grid import apply_sets, expand_grid
     from emergeinit.bench.plots import format_e
-    from emergeinit.bench.protocols import init_label
+    from emergeinit.bench.records import init_label, latest_records, read_records
     from emergeinit.bench.report import image_cells, image_report, markdown_table, mean_std
-    from emergeinit.bench.runner import latest_records, read_records, run_grid, run_id
+    from emergeinit.bench.runner import run_grid, run_id
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def write_report(paths, out_dir) -> str:
     """Read the results files, write report.md (and each task's plots) into ``out_dir``."""
-    from emergeinit.bench.report import group_records
-    from emergeinit.bench.runner import latest_records, read_records
+    from emergeinit.bench.records import group_records, latest_records, read_records
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

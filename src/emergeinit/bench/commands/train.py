@@ -59,7 +59,8 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emergeinit.bench.runner import append_record, execute
+    from emergeinit.bench.records import append_record
+    from emergeinit.bench.runner import execute
 
     config = config_from_args(args)
     print(json.dumps(config, indent=1, sort_keys=True))

@@ -8,6 +8,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from emergeinit.bench.plots import integer_ticks, pyplot
+from emergeinit.bench.records import group_records
+from emergeinit.bench.report import bold_best, markdown_table, mean_std
+
 __all__ = ["translation_report", "method_label", "run_summary"]
 
 Record = Mapping[str, Any]
@@ -60,11 +64,7 @@ def _setting(record: Record) -> Tuple[str, str]:
 
 
 def _curves_plot(groups: Mapping[str, List[Record]], key: str, ylabel: str, path: Path) -> Optional[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for label, recs in groups.items():
@@ -79,9 +79,7 @@ def _curves_plot(groups: Mapping[str, List[Record]], key: str, ylabel: str, path
     if not drawn:
         plt.close(fig)
         return None
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(integer_ticks())
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -95,8 +93,6 @@ def _curves_plot(groups: Mapping[str, List[Record]], key: str, ylabel: str, path
 def translation_report(records: Sequence[Record], out_dir: Union[str, Path]) -> str:
     """Markdown: per (protocol, corpus) a Table-2-style table and ratios against Xavier; writes
     ``translation_<protocol>_<data>_{bleu,loss}.png`` into ``out_dir``."""
-    from emergeinit.bench.report import bold_best, group_records, markdown_table, mean_std
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Translation (Table 2)", ""]

@@ -1,0 +1,190 @@
+"""Records: the results file a grid appends to, and the values a report reads out of a record.
+
+A record is one run: its resolved ``config``, ``id``, ``status`` (ok | diverged | error), ``epochs``
+(per-epoch metrics), ``emergence_at_init``, ``init_record``, ``extra`` and where it ran. Records
+are appended one whole line at a time and fsync'ed; a reader skips a torn last line, and the next
+append cuts that line off (only a line that is not a whole record: a record whose newline was
+lost is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "FINISHED",
+    "append_record",
+    "read_records",
+    "latest_records",
+    "finished_ids",
+    "record_value",
+    "group_records",
+    "log10_emergence",
+    "accuracy",
+    "init_label",
+]
+
+PathLike = Union[str, os.PathLike]
+Key = Union[str, Callable[[Mapping[str, Any]], Any]]
+FINISHED = ("ok", "diverged")
+EXTRA_EPOCH_LABELS = {"const": "+1 epoch (const LR)", "warmup": "+1 epoch (warmup)"}
+
+
+def _last_line_start(f: Any, size: int) -> int:
+    """Offset just after the last newline before ``size`` (0 when there is none), read backwards
+    in chunks so a line of any length is found whole."""
+    end = size
+    while end > 0:
+        start = max(0, end - (1 << 20))
+        f.seek(start)
+        chunk = f.read(end - start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def _mend_tail(path: Path) -> None:
+    """Make the file end in a newline before an append. A last line without one is kept (a newline
+    is added) when it is a whole JSON record (an editor stripped the newline); only a line that
+    does not parse (a write killed part-way) is cut, and never more than that one line."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        start = _last_line_start(f, size)
+        f.seek(start)
+        tail = f.read(size - start)
+        try:
+            json.loads(tail)
+        except ValueError:  # torn (json.JSONDecodeError, or bytes that are not UTF-8)
+            f.truncate(start)
+            return
+        f.seek(size)
+        f.write(b"\n")
+
+
+def append_record(path: PathLike, record: Mapping[str, Any]) -> None:
+    """Append ``record`` as one JSON line, in one write, flushed and fsync'ed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _mend_tail(path)
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: PathLike) -> List[Dict[str, Any]]:
+    """All records of a results file, in file order; a torn last line is skipped silently, any
+    other unreadable line with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:  # the last piece has no newline: a torn write
+                warnings.warn(f"{path}: skipping unreadable line {i + 1}")
+    return records
+
+
+def latest_records(records: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """One record per id: the last finished one, else the last one (an error). Order kept."""
+    by_id: Dict[str, Dict[str, Any]] = {}
+    for r in records:
+        old = by_id.get(r["id"])
+        if old is None or r.get("status") in FINISHED or old.get("status") not in FINISHED:
+            by_id[r["id"]] = dict(r)
+    return list(by_id.values())
+
+
+def finished_ids(path: PathLike) -> set:
+    """Ids with an ``ok`` or ``diverged`` record in the results file."""
+    return {r["id"] for r in read_records(path) if r.get("status") in FINISHED}
+
+
+def record_value(record: Mapping[str, Any], key: Key) -> Any:
+    """A dotted path into a record (``config.model``), or a function of the record."""
+    if callable(key):
+        return key(record)
+    value: Any = record
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+def group_records(records: Iterable[Mapping[str, Any]], keys: Sequence[Key]) -> Dict[Tuple, List[Mapping[str, Any]]]:
+    """Records grouped by the values of ``keys`` (dotted paths or functions), in first-seen order."""
+    groups: Dict[Tuple, List[Mapping[str, Any]]] = {}
+    for r in records:
+        k = tuple(_hashable(record_value(r, key)) for key in keys)
+        groups.setdefault(k, []).append(r)
+    return groups
+
+
+def log10_emergence(record: Mapping[str, Any]) -> Optional[float]:
+    """log10 of E at init of a record (None when it was not measured)."""
+    e = record.get("emergence_at_init") or {}
+    if e.get("log10") is not None:
+        return float(e["log10"])
+    v = e.get("value")
+    if v is None:
+        return None
+    v = int(v) if isinstance(v, int) else float(v)
+    return math.log10(v) if v > 0 else None
+
+
+def accuracy(record: Mapping[str, Any], which: str) -> Optional[float]:
+    """``acc_1`` (test accuracy after the first measured epoch) or ``acc_best`` (the best over
+    measured epochs) of an image record; None without a measured epoch."""
+    main = [e.get("test_acc") for e in record.get("epochs") or [] if e.get("phase", "main") == "main"]
+    main = [a for a in main if a is not None]
+    if not main:
+        return None
+    return main[0] if which == "acc_1" else max(main)
+
+
+def init_label(config: Mapping[str, Any]) -> str:
+    """A row name for tables and legends: the init, its main options, and the extra epoch."""
+    init = str(config.get("init"))
+    opts = dict(config.get("init_options") or {})
+    parts = []
+    for key in ("schedule", "alpha", "scope", "base"):
+        if key in opts and opts[key] is not None:
+            parts.append(f"α={opts[key]:g}" if key == "alpha" and isinstance(opts[key], (int, float))
+                         else f"{opts[key]}")
+    label = init + (f" ({', '.join(parts)})" if parts else "")
+    extra = config.get("extra_epoch")
+    if extra:
+        label += " " + EXTRA_EPOCH_LABELS[extra]
+    return label
