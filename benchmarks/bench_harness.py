@@ -23,9 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from emergeinit.bench.config import resolve_config
 from emergeinit.bench.data import load_dataset
-from emergeinit.bench.image import _model_for, make_optimizer, train_epoch
-from emergeinit.bench.protocols import lr_lambda, resolve_config
+from emergeinit.bench.image import build_image_model, lr_lambda, make_optimizer, subset, train_epoch
 
 
 def bare_epoch(model, data, optimizer, batch_size, generator):
@@ -53,10 +53,9 @@ def main() -> None:
     config = resolve_config({"protocol": "seed", "model": args.model, "dataset": dataset, "device": "cpu"})
     data = load_dataset(dataset)
     if args.train_limit:
-        from emergeinit.bench.image import _subset
-        data = _subset(data, {"train_limit": args.train_limit})
+        data = subset(data, {"train_limit": args.train_limit})
     torch.manual_seed(0)
-    model0 = _model_for(config, data)
+    model0 = build_image_model(config, data)
     steps = math.ceil(data.train_x.shape[0] / config["batch_size"])
     factor = lr_lambda(config, steps)
     times = {"bare": [], "harness": []}

@@ -8,7 +8,7 @@ import pytest
 from _bench_helpers import write_cifar_archive, write_fashion_mnist
 from emergeinit.bench.image import run
 
-TINY = {"batch_size": 4, "eval_batch_size": 8, "max_steps": 2, "train_limit": 8, "test_limit": 8,
+TINY = {"batch_size": 4, "eval_batch_size": 8, "max_epoch_steps": 2, "train_limit": 8, "test_limit": 8,
         "emergence_batch_size": 4, "init_batch_size": 4, "device": "cpu", "epochs": 1,
         "cpu_threads": 1}
 
@@ -73,7 +73,18 @@ def test_data_dependent_init_runs_on_training_batches(tmp_path):
 def test_nan_loss_stops_the_run_as_diverged(tmp_path):
     folder = write_fashion_mnist(tmp_path / "fm", n_train=32, n_test=8)
     r = run({**TINY, "protocol": "seed", "optimizer": "sgd", "lr": 1e30, "model": "mlp",
-             "dataset": "fashion-mnist", "data_dir": str(folder), "max_steps": 8, "epochs": 2,
+             "dataset": "fashion-mnist", "data_dir": str(folder), "max_epoch_steps": 8, "epochs": 2,
              "nan_check_every": 1}, progress=False)
     assert r["diverged"] is True and r["epochs"] == []
     assert r["extra"]["diverged_at"]["epoch"] == 1 and 0 < r["extra"]["diverged_at"]["step"] < 8
+
+
+def test_max_steps_caps_the_run_and_max_epoch_steps_each_epoch(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", n_train=16, n_test=8)
+    base = {**TINY, "protocol": "seed", "model": "mlp", "dataset": "fashion-mnist", "data_dir": str(folder),
+            "init": "xavier", "epochs": 3}
+    r = run({**base, "max_steps": 3}, progress=False)  # epochs of 2 steps (max_epoch_steps): 2 + 1
+    assert [(e["epoch"], e["steps"]) for e in r["epochs"]] == [(1, 2), (2, 1)]
+    r = run({**base, "max_steps": 3, "extra_epoch": "const"}, progress=False)  # the extra epoch counts
+    assert [(e["phase"], e["steps"]) for e in r["epochs"]] == [("extra", 2), ("main", 1)]
+

@@ -4,9 +4,10 @@ import pytest
 
 from _bench_helpers import write_fashion_mnist
 from emergeinit.bench import runner
+from emergeinit.bench.config import resolve_config, run_id
 from emergeinit.bench.grid import apply_sets, expand_grid, filter_configs, load_grid
-from emergeinit.bench.records import append_record, latest_records, read_records
-from emergeinit.bench.runner import run_grid, run_id
+from emergeinit.bench.records import append_record, finished_ids, latest_records, read_records
+from emergeinit.bench.runner import run_grid
 
 
 def fake_task(config, *, progress=True):
@@ -99,7 +100,7 @@ def test_error_run_is_recorded_grid_goes_on_and_retried(tmp_path, monkeypatch):
 def test_real_nan_run_is_diverged_and_grid_continues(tmp_path):
     folder = write_fashion_mnist(tmp_path / "fm", n_train=32, n_test=8)
     base = {"task": "image", "protocol": "seed", "model": "mlp", "dataset": "fashion-mnist",
-            "data_dir": str(folder), "batch_size": 4, "max_steps": 4, "train_limit": 16,
+            "data_dir": str(folder), "batch_size": 4, "max_epoch_steps": 4, "train_limit": 16,
             "emergence_batch_size": 4, "device": "cpu", "nan_check_every": 1, "cpu_threads": 1}
     configs = [{**base, "optimizer": "sgd", "lr": 1e30}, {**base, "seed": 1}]
     results = tmp_path / "r.jsonl"
@@ -139,3 +140,19 @@ def test_append_cuts_only_the_torn_last_line_however_long_the_file(tmp_path):
     p.write_text(json.dumps(big))  # one whole record, no newline, longer than 1 MiB
     append_record(p, {"id": "e", "status": "ok"})
     assert [r["id"] for r in read_records(p)] == ["big", "e"]
+
+
+def test_records_written_under_old_key_names_still_count_as_done(tmp_path, monkeypatch):
+    old = {"task": "translation", "protocol": "cpu_small", "data": "trans-de-en", "threads": 2,
+           "max_epochs": 5, "clip_norm": 0.0, "warmup_updates": 300, "seed": 0}
+    results = tmp_path / "r.jsonl"
+    append_record(results, {"id": "an-old-id", "status": "ok", "config": old, "epochs": []})
+    monkeypatch.setattr(runner, "run_task", fake_task)
+    counts = run_grid([{"task": "translation", "dataset": "trans-de-en", "seed": 0}], results, progress=False)
+    assert (counts["skipped"], counts["run"]) == (1, 0)
+
+
+def test_the_committed_results_match_their_configs_under_the_new_key_names():
+    for name in ("table2_cpu", "table1_cpu_slice"):
+        ids = {run_id(resolve_config(c)) for c in load_grid(f"configs/{name}.yaml")}
+        assert ids <= finished_ids(f"results/{name}.jsonl"), name

@@ -9,9 +9,10 @@ import torch
 
 from _translation_helpers import PAIRS
 
+from emergeinit.bench.config import resolve_config
 from emergeinit.bench.translation.decode import beam_search, corpus_bleu, greedy_decode, translate
 from emergeinit.bench.translation.spm import EOS, PAD, collate, encode_pairs, train_sentencepiece
-from emergeinit.bench.translation.train import apply_init, inverse_sqrt_lr, resolve_config
+from emergeinit.bench.translation.train import apply_init, inverse_sqrt_lr
 from emergeinit.models.transformer import DecoderLayer, EncoderLayer, FeedForward, Seq2SeqTransformer
 
 
@@ -186,11 +187,11 @@ def test_encoder_decoder_scheme_and_tfixup_find_the_layers():
 
 
 def test_config_resolution_rejects_typos_and_unknown_inits():
-    cfg = resolve_config({"protocol": "iwslt14"})
+    cfg = resolve_config({"task": "translation", "protocol": "iwslt14"})
     assert (cfg["dim"], cfg["ffn_dim"], cfg["encoder_layers"], cfg["decoder_layers"]) == (512, 1024, 6, 6)
-    assert (cfg["lr"], cfg["betas"], cfg["warmup_updates"], cfg["weight_decay"]) == (5e-4, [0.9, 0.98], 4000, 1e-4)
-    assert (cfg["label_smoothing"], cfg["clip_norm"], cfg["bleu_beam"]) == (0.1, 0.0, 5)
-    with pytest.raises(ValueError, match="unknown translation config keys"):
-        resolve_config({"protocol": "cpu_small", "learning_rate": 1.0})
+    assert (cfg["lr"], cfg["betas"], cfg["warmup_steps"], cfg["weight_decay"]) == (5e-4, [0.9, 0.98], 4000, 1e-4)
+    assert (cfg["label_smoothing"], cfg["clip_grad_norm"], cfg["bleu_beam"]) == (0.1, None, 5)
+    with pytest.raises(ValueError, match="unknown config keys .* for task translation"):
+        resolve_config({"task": "translation", "protocol": "cpu_small", "learning_rate": 1.0})
     with pytest.raises(ValueError, match="unknown init"):
-        resolve_config({"init": "kaiming_magic"})
+        resolve_config({"task": "translation", "init": "kaiming_magic"})

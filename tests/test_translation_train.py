@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from emergeinit.bench.translation import resolve_config, run
+from emergeinit.bench.config import resolve_config
 from emergeinit.bench.translation import train as train_mod
 from emergeinit.bench.translation.report import method_label, translation_report
-from emergeinit.bench.translation.train import inverse_sqrt_lr
+from emergeinit.bench.translation.train import inverse_sqrt_lr, run
 
 SUBJECTS = ["Der Mann", "Die Frau", "Das Kind", "Der Lehrer", "Die Ärztin", "Mein Bruder"]
 SUBJECTS_EN = ["The man", "The woman", "The child", "The teacher", "The doctor", "My brother"]
@@ -29,10 +29,10 @@ def _debian_sample(path):
 
 
 def _config(tmp_path, **kw):
-    cfg = dict(protocol="cpu_small", data="trans-de-en", data_path=str(_debian_sample(tmp_path / "de-en")),
+    cfg = dict(protocol="cpu_small", dataset="trans-de-en", data_dir=str(_debian_sample(tmp_path / "de-en")),
                valid_size=4, test_size=4, vocab_size=120, dim=16, ffn_dim=32, heads=2, encoder_layers=1,
-               decoder_layers=1, max_tokens=200, max_epochs=2, warmup_updates=3, lr=5e-3, bleu_beam=2,
-               threads=1, cache_dir=str(tmp_path / "cache"), init="default")
+               decoder_layers=1, max_tokens=200, epochs=2, warmup_steps=3, lr=5e-3, bleu_beam=2,
+               cpu_threads=1, cache_dir=str(tmp_path / "cache"), init="default")
     cfg.update(kw)
     return cfg
 
@@ -67,13 +67,13 @@ def test_run_stops_on_a_non_finite_loss_and_keeps_earlier_epochs(tmp_path, monke
         return smoothed, nll
 
     monkeypatch.setattr(train_mod, "_loss", flaky)
-    out = run(_config(tmp_path, max_tokens=400, max_epochs=3), progress=False)
+    out = run(_config(tmp_path, max_tokens=400, epochs=3), progress=False)
     assert out["diverged"] is True
     assert [e["epoch"] for e in out["epochs"]] == [1]
 
 
 def test_resolve_config_through_the_package():
-    cfg = resolve_config({"protocol": "iwslt14", "init": "tfixup", "layer_norm": False})
+    cfg = resolve_config({"task": "translation", "protocol": "iwslt14", "init": "tfixup", "layer_norm": False})
     assert cfg["task"] == "translation" and cfg["layer_norm"] is False and cfg["dim"] == 512
 
 
@@ -106,3 +106,17 @@ def test_translation_report_table_ratios_and_plots(tmp_path):
     assert (tmp_path / "translation_cpu_small_trans-de-en_loss.png").stat().st_size > 1000
     assert method_label({"init": "emergence_encdec", "init_options": {"beta_enc": 1.0, "beta_dec": 2.0}}) == \
         "emergence_encdec (β_dec=2)"
+
+
+def test_max_steps_caps_the_run_and_max_epoch_steps_each_epoch(tmp_path):
+    out = run(_config(tmp_path, epochs=3, max_epoch_steps=2, max_steps=3), progress=False)
+    assert [e["updates"] for e in out["epochs"]] == [2, 3]
+    assert out["extra"]["updates"] == 3
+
+
+def test_old_key_config_runs_like_the_new_one(tmp_path):
+    new = _config(tmp_path, epochs=1)
+    old = {("data_path" if k == "data_dir" else "max_epochs" if k == "epochs" else k): v for k, v in new.items()}
+    a, b = run(new, progress=False), run(old, progress=False)
+    assert a["epochs"][0]["train_loss"] == b["epochs"][0]["train_loss"]
+    assert a["extra"]["resolved_config"] == b["extra"]["resolved_config"]

@@ -14,7 +14,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
-from emergeinit.bench.protocols import set_dotted as _set_dotted
+from emergeinit.bench.config import set_dotted as _set_dotted
 
 __all__ = ["expand_grid", "load_grid", "parse_assignment", "apply_sets", "filter_configs"]
 

@@ -3,8 +3,9 @@
 ``run(config)`` loads the dataset onto the device, builds the model, initializes it by name
 through :func:`emergeinit.initialize`, measures E at init (:func:`emergeinit.measure_emergence`),
 then trains: the optional extra epoch ("+1 epoch" baselines), then ``epochs`` measured epochs,
-each followed by a test evaluation in eval mode (Acc_1 is the first measured epoch's). A NaN/inf
-training loss stops the run with ``diverged=True``; the epochs finished so far are kept.
+each followed by a test evaluation in eval mode (Acc_1 is the first measured epoch's), until
+``max_steps`` optimizer steps if that is set. A NaN/inf training loss stops the run with
+``diverged=True``; the epochs finished so far are kept.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from torch import nn
 
 from emergeinit.bench import augment
 from emergeinit.bench.data import ImageData, load_dataset
+from emergeinit.bench.config import has_batch_norm, resolve_config
 from emergeinit.bench.env import device_name, pick_device
 from emergeinit.models import build_model
-from emergeinit.bench.protocols import has_batch_norm, lr_lambda, resolve_config
 
-__all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "DATA_INITS"]
+__all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "lr_lambda",
+           "epoch_steps", "build_image_model", "subset", "DATA_INITS"]
 
 DATA_INITS = ("metainit", "gradinit", "lsuv")  # inits that look at a batch of data
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -68,6 +70,33 @@ def prepare_batch(data: ImageData, x: torch.Tensor, config: Mapping[str, Any],
     return x
 
 
+def lr_lambda(config: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate multiplier at a global step (0-based): the extra epoch first (constant 1, or a
+    linear warm-up from 0 reaching 1 on its last step), then the main schedule from its start
+    (constant, or cosine from 1 towards 0 over ``schedule_epochs``, stepped per iteration)."""
+    extra = steps_per_epoch if config.get("extra_epoch") else 0
+    warmup = config.get("extra_epoch") == "warmup"
+    horizon = max(1, int(config["schedule_epochs"]) * steps_per_epoch)
+    cosine = config["lr_schedule"] == "cosine"
+
+    def factor(step: int) -> float:
+        if step < extra:
+            return (step + 1) / extra if warmup else 1.0
+        t = min(step - extra, horizon)
+        return 0.5 * (1.0 + math.cos(math.pi * t / horizon)) if cosine else 1.0
+
+    return factor
+
+
+def epoch_steps(config: Mapping[str, Any], train_size: int) -> int:
+    """Optimizer steps in a full epoch (the lr schedule's unit): a pass over the training set, at
+    most ``max_epoch_steps``."""
+    steps = math.ceil(train_size / int(config["batch_size"]))
+    if config.get("max_epoch_steps"):
+        steps = min(steps, int(config["max_epoch_steps"]))
+    return steps
+
+
 def _autocast(config: Mapping[str, Any], device: torch.device):
     if config.get("amp") and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -76,17 +105,17 @@ def _autocast(config: Mapping[str, Any], device: torch.device):
 
 def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer,
                 config: Mapping[str, Any], *, lr_factor: Callable[[int], float], step0: int,
-                generator: Optional[torch.Generator], progress: Any = None) -> Dict[str, Any]:
-    """One pass over the (shuffled) training set. Sets each group's lr to ``initial_lr ×
-    lr_factor(global step)`` before each step, clips the gradient norm when configured.
-    Returns mean loss, a short loss curve, steps taken and whether the loss went non-finite."""
+                generator: Optional[torch.Generator], steps: Optional[int] = None,
+                progress: Any = None) -> Dict[str, Any]:
+    """One pass over the (shuffled) training set, or its first ``steps`` batches (default
+    :func:`epoch_steps`). Sets each group's lr to ``initial_lr × lr_factor(global step)`` before
+    each step, clips the gradient norm when configured. Returns mean loss, a short loss curve,
+    steps taken and whether the loss went non-finite."""
     model.train()
     device = data.train_x.device
     n = data.train_x.shape[0]
     bs = int(config["batch_size"])
-    steps = math.ceil(n / bs)
-    if config.get("max_steps"):
-        steps = min(steps, int(config["max_steps"]))
+    steps = epoch_steps(config, n) if steps is None else steps
     perm = torch.randperm(n, device=device, generator=generator)
     losses = torch.empty(steps, device=device)
     clip = config.get("clip_grad_norm")
@@ -150,7 +179,8 @@ def evaluate(model: nn.Module, data: ImageData, config: Mapping[str, Any]) -> Tu
     return 100.0 * correct.item() / n, loss_sum.item() / n
 
 
-def _subset(data: ImageData, config: Mapping[str, Any]) -> ImageData:
+def subset(data: ImageData, config: Mapping[str, Any]) -> ImageData:
+    """The first ``train_limit`` training and ``test_limit`` test images (quick looks, tests)."""
     tl, vl = config.get("train_limit"), config.get("test_limit")
     if not tl and not vl:
         return data
@@ -159,7 +189,8 @@ def _subset(data: ImageData, config: Mapping[str, Any]) -> ImageData:
                      cut(data.test_y, vl), data.mean, data.std, data.num_classes)
 
 
-def _model_for(config: Mapping[str, Any], data: ImageData) -> nn.Module:
+def build_image_model(config: Mapping[str, Any], data: ImageData) -> nn.Module:
+    """The configured model, its input and class counts taken from the data."""
     options = dict(config.get("model_options") or {})
     if config["model"] == "mlp":
         options.setdefault("in_features", int(math.prod(data.train_x.shape[1:])))
@@ -217,7 +248,7 @@ def _finite(value: Optional[float]) -> Optional[float]:
 
 def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Train one image configuration; return the task part of its record (see module doc)."""
-    config = resolve_config(config)
+    config = resolve_config(config, task="image")
     threads = config.get("cpu_threads")
     if not threads:
         return _run(config, progress)
@@ -234,9 +265,9 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     seed = int(config["seed"])
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    data = _subset(load_dataset(config["dataset"], config["data_dir"], download=config["download"],
-                                device=device), config)
-    model = _model_for(config, data).to(device)
+    data = subset(load_dataset(config["dataset"], config["data_dir"], download=config["download"],
+                               device=device), config)
+    model = build_image_model(config, data).to(device)
     extra: Dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()),
                              "train_size": int(data.train_x.shape[0]), "test_size": int(data.test_x.shape[0])}
 
@@ -254,9 +285,7 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     optimizer = make_optimizer(model, config)
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
-    steps_per_epoch = math.ceil(data.train_x.shape[0] / int(config["batch_size"]))
-    if config.get("max_steps"):
-        steps_per_epoch = min(steps_per_epoch, int(config["max_steps"]))
+    steps_per_epoch = epoch_steps(config, data.train_x.shape[0])
     extra["steps_per_epoch"] = steps_per_epoch
     factor = lr_lambda(config, steps_per_epoch)
     phases = [(0, "extra")] if config["extra_epoch"] else []
@@ -267,12 +296,15 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     step = 0
     bar_cls = _tqdm() if progress else None
     for epoch, phase in phases:
+        steps = steps_per_epoch
+        if config["max_steps"]:
+            steps = min(steps, int(config["max_steps"]) - step)
         t_epoch = time.perf_counter()
-        bar = bar_cls(total=steps_per_epoch, desc=f"{config['model']} {config['init']} epoch {epoch}",
+        bar = bar_cls(total=steps, desc=f"{config['model']} {config['init']} epoch {epoch}",
                       leave=False, unit="step") if bar_cls else None
         try:
             stats = train_epoch(model, data, optimizer, config, lr_factor=factor, step0=step,
-                                generator=generator, progress=bar)
+                                generator=generator, steps=steps, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -286,6 +318,8 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
                        "test_acc": acc, "test_loss": _finite(test_loss), "lr_end": stats["lr_end"],
                        "steps": stats["steps"], "time_s": time.perf_counter() - t_epoch,
                        "loss_curve": stats["loss_curve"]})
+        if config["max_steps"] and step >= config["max_steps"]:
+            break
     main = [e["test_acc"] for e in epochs if e["phase"] == "main"]
     extra["acc_1"] = main[0] if main else None
     extra["acc_best"] = max(main) if main else None

@@ -4,7 +4,8 @@ A record is one run: its resolved ``config``, ``id``, ``status`` (ok | diverged 
 (per-epoch metrics), ``emergence_at_init``, ``init_record``, ``extra`` and where it ran. Records
 are appended one whole line at a time and fsync'ed; a reader skips a torn last line, and the next
 append cuts that line off (only a line that is not a whole record: a record whose newline was
-lost is kept).
+lost is kept). A record's identity is :func:`record_id`: the id of its config under today's
+resolver, so records written under old key names still match the configs that name them anew.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from emergeinit.bench.config import canonical_keys, resolve_config, run_id
+
 __all__ = [
     "FINISHED",
     "append_record",
     "read_records",
+    "record_id",
     "latest_records",
     "finished_ids",
+    "record_config",
     "record_value",
     "group_records",
     "log10_emergence",
@@ -108,19 +113,35 @@ def read_records(path: PathLike) -> List[Dict[str, Any]]:
     return records
 
 
+def record_id(record: Mapping[str, Any]) -> str:
+    """The id of the record's config as resolved today (old key names renamed, keys added since
+    at their defaults); the stored ``id`` when the config no longer resolves."""
+    try:
+        return run_id(resolve_config(record["config"]))
+    except (KeyError, TypeError, ValueError):
+        return record["id"]
+
+
 def latest_records(records: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """One record per id: the last finished one, else the last one (an error). Order kept."""
+    """One record per :func:`record_id`: the last finished one, else the last one (an error).
+    Order kept."""
     by_id: Dict[str, Dict[str, Any]] = {}
     for r in records:
-        old = by_id.get(r["id"])
+        key = record_id(r)
+        old = by_id.get(key)
         if old is None or r.get("status") in FINISHED or old.get("status") not in FINISHED:
-            by_id[r["id"]] = dict(r)
+            by_id[key] = dict(r)
     return list(by_id.values())
 
 
 def finished_ids(path: PathLike) -> set:
-    """Ids with an ``ok`` or ``diverged`` record in the results file."""
-    return {r["id"] for r in read_records(path) if r.get("status") in FINISHED}
+    """Ids (:func:`record_id`) of the ``ok`` or ``diverged`` records in the results file."""
+    return {record_id(r) for r in read_records(path) if r.get("status") in FINISHED}
+
+
+def record_config(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The record's config under current key names (records of any age)."""
+    return canonical_keys(record.get("config") or {})
 
 
 def record_value(record: Mapping[str, Any], key: Key) -> Any:

@@ -1,9 +1,8 @@
-"""Runs as independent units: a config in, one record out, appended to a results file
-(:mod:`emergeinit.bench.records`).
+"""Runs as independent units: a config in, one record out, appended to a results file.
 
 A record is the task's result plus where and how it ran (config, git commit, versions, device,
-wall time, status). A grid resumes by skipping configs whose :func:`run_id` already has a
-finished record (``ok`` or ``diverged``; ``error`` runs are retried).
+wall time, status). A grid resumes by skipping configs whose :func:`~emergeinit.bench.config.run_id`
+already has a finished record (``ok`` or ``diverged``; ``error`` runs are retried).
 
 The executor is the only seam between a grid and where its runs happen: anything with
 ``map(fn, configs) -> iterable of records`` (in the order it likes) will do, e.g. a process or
@@ -14,41 +13,32 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
-import json
+import importlib
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
 
+from emergeinit.bench.config import resolve_config, run_id, task_spec
 from emergeinit.bench.env import device_name, git_commit, pick_device, versions
 from emergeinit.bench.records import PathLike, append_record, finished_ids
-from emergeinit.bench.tasks import resolve_task_config, run_task
 
-__all__ = ["run_id", "execute", "InProcessExecutor", "run_grid"]
-
-# where the data came from and how many CPU threads ran it do not change a result
-_ID_IGNORED = ("data_dir", "download", "cpu_threads")
+__all__ = ["execute", "run_task", "InProcessExecutor", "run_grid"]
 
 
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def run_id(config: Mapping[str, Any]) -> str:
-    """Short sha1 of the canonical JSON of ``config`` (less :data:`_ID_IGNORED`: data location,
-    CPU threads)."""
-    kept = {k: v for k, v in config.items() if k not in _ID_IGNORED}
-    return hashlib.sha1(canonical_json(kept).encode()).hexdigest()[:12]
+def run_task(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
+    """Run a resolved config with its task's run function (imported only now)."""
+    module, _, name = task_spec(config["task"]).run.partition(":")
+    return getattr(importlib.import_module(module), name)(config, progress=progress)
 
 
 def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Run one config and return its full record. An exception in the task becomes
     ``status="error"`` with its message; Ctrl-C and kills still stop everything."""
-    config = resolve_task_config(config)
+    config = resolve_config(config)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     record: Dict[str, Any] = {
-        "id": run_id(config), "task": config.get("task", "image"), "config": config,
+        "id": run_id(config), "task": config["task"], "config": config,
         "git_commit": git_commit(), "versions": versions(), "started": started,
     }
     try:
@@ -59,7 +49,7 @@ def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, An
                   "extra": {"traceback": traceback.format_exc(limit=8)}}
         status, error = "error", f"{type(err).__name__}: {err}"
     record.update(result)
-    record.setdefault("device", device_name(pick_device(str(config.get("device", "auto")))))
+    record.setdefault("device", device_name(pick_device(str(config["device"]))))
     record["wall_s"] = time.perf_counter() - t0
     record["status"] = status
     record["error"] = error
@@ -84,16 +74,16 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
     error. ``limit`` caps how many pending runs start; ``stop_after_s``: start no run after that
     many seconds (with the in-process executor), so a time-boxed part ends cleanly."""
     t0 = time.perf_counter()
-    resolved = [resolve_task_config(c) for c in configs]
     unique: Dict[str, Dict[str, Any]] = {}
-    for c in resolved:
-        unique.setdefault(run_id(c), c)
+    for c in configs:
+        resolved = resolve_config(c)
+        unique.setdefault(run_id(resolved), resolved)
     done = finished_ids(results)
     pending = [c for i, c in unique.items() if i not in done]
+    skipped = len(unique) - len(pending)
     if limit is not None:
         pending = pending[: max(0, int(limit))]
-    counts = {"total": len(unique), "skipped": len(unique) - len([i for i in unique if i not in done]),
-              "run": 0, "ok": 0, "diverged": 0, "error": 0}
+    counts = {"total": len(unique), "skipped": skipped, "run": 0, "ok": 0, "diverged": 0, "error": 0}
     executor = executor or InProcessExecutor()
     bar = None
     if progress and pending:

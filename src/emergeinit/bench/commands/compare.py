@@ -24,17 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from emergeinit.bench.config import resolve_config, run_id
     from emergeinit.bench.grid import apply_sets, filter_configs, load_grid
     from emergeinit.bench.records import finished_ids
-    from emergeinit.bench.runner import run_grid, run_id
-    from emergeinit.bench.tasks import resolve_task_config
+    from emergeinit.bench.runner import run_grid
 
     results = Path(args.results or Path("results") / (Path(args.config).stem + ".jsonl"))
     configs = filter_configs(apply_sets(load_grid(args.config), args.set), args.where)
     if args.dry_run:
         done = finished_ids(results)
         for c in configs:
-            rc = resolve_task_config(c)
+            rc = resolve_config(c)
             i = run_id(rc)
             shown = {k: rc[k] for k in ("model", "init", "init_options", "extra_epoch", "seed") if k in rc}
             print(f"{i} {'done' if i in done else 'todo'} {json.dumps(shown, sort_keys=True)}")

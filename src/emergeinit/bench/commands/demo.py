@@ -53,11 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from emergeinit.bench.config import resolve_config, run_id
     from emergeinit.bench.grid import apply_sets, expand_grid
     from emergeinit.bench.plots import format_e
-    from emergeinit.bench.records import init_label, latest_records, read_records
+    from emergeinit.bench.records import init_label, latest_records, read_records, record_id
     from emergeinit.bench.report import image_cells, image_report, markdown_table, mean_std
-    from emergeinit.bench.runner import run_grid, run_id
+    from emergeinit.bench.runner import run_grid
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +71,8 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     counts = run_grid(configs, results, progress=not args.no_progress)
     wall = time.perf_counter() - t0
-    from emergeinit.bench.tasks import resolve_task_config
-
-    ids = {run_id(resolve_task_config(c)) for c in configs}
-    records = [r for r in latest_records(read_records(results)) if r["id"] in ids]
+    ids = {run_id(resolve_config(c)) for c in configs}
+    records = [r for r in latest_records(read_records(results)) if record_id(r) in ids]
     errors = [r for r in records if r["status"] == "error"]
     for r in errors:
         print(f"run {r['id']} failed: {r['error']}")

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The run config the flags describe, resolved with the protocol's defaults."""
+    from emergeinit.bench.config import resolve_config
     from emergeinit.bench.grid import apply_sets
-    from emergeinit.bench.protocols import resolve_config
 
     config: Dict[str, Any] = {"task": "image"}
     for flag, key in _FLAGS.items():
@@ -55,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     if args.download:
         config["download"] = True
     (config,) = apply_sets([config], args.set)
-    return resolve_config(config)
+    return resolve_config(config, task="image")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from emergeinit.bench.plots import integer_ticks, pyplot
-from emergeinit.bench.records import group_records
+from emergeinit.bench.records import group_records, record_config
 from emergeinit.bench.report import bold_best, markdown_table, mean_std
 
 __all__ = ["translation_report", "method_label", "run_summary"]
@@ -59,8 +59,8 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def _setting(record: Record) -> Tuple[str, str]:
-    c = record.get("config") or {}
-    return (str(c.get("protocol", "?")), str(c.get("data", "?")))
+    c = record_config(record)
+    return (str(c.get("protocol", "?")), str(c.get("dataset", "?")))
 
 
 def _curves_plot(groups: Mapping[str, List[Record]], key: str, ylabel: str, path: Path) -> Optional[Path]:
@@ -92,7 +92,7 @@ def _curves_plot(groups: Mapping[str, List[Record]], key: str, ylabel: str, path
 
 def translation_report(records: Sequence[Record], out_dir: Union[str, Path]) -> str:
     """Markdown: per (protocol, corpus) a Table-2-style table and ratios against Xavier; writes
-    ``translation_<protocol>_<data>_{bleu,loss}.png`` into ``out_dir``."""
+    ``translation_<protocol>_<dataset>_{bleu,loss}.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Translation (Table 2)", ""]
@@ -101,7 +101,7 @@ def translation_report(records: Sequence[Record], out_dir: Union[str, Path]) -> 
         devices = sorted({str(r.get("device", "?")) for r in recs})
         lines += [f"## {protocol} on {data}", "", f"Device: {', '.join(devices)}.", ""]
         groups: Dict[str, List[Record]] = {}
-        for (label,), rs in group_records(recs, [lambda r: method_label(r.get("config") or {})]).items():
+        for (label,), rs in group_records(recs, [lambda r: method_label(record_config(r))]).items():
             groups[label] = rs
         rows, b1, bb, vl = [], [], [], []
         for label, rs in groups.items():

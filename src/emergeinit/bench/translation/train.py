@@ -1,6 +1,7 @@
 """Train one translation run (the paper's Table 2): corpus → sentencepiece → post-LN transformer →
 init by name → Adam + inverse-sqrt schedule, label smoothing 0.1; each epoch the validation loss
-and BLEU (sacrebleu, detokenized). ``run(config)`` returns the task part of a harness record."""
+and BLEU (sacrebleu, detokenized). ``run(config)`` returns the task part of a harness record.
+The config's keys and protocols are :mod:`emergeinit.bench.config`'s."""
 
 from __future__ import annotations
 
@@ -12,82 +13,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from emergeinit.bench.config import resolve_config
 from emergeinit.models.transformer import Seq2SeqTransformer
 
 from .data import load_corpus
 from .decode import corpus_bleu, translate
 from .spm import PAD, Batch, collate, encode_pairs, token_batches, train_sentencepiece
 
-__all__ = ["PROTOCOLS", "INITS", "resolve_config", "inverse_sqrt_lr", "build_model", "apply_init", "run"]
-
-# Every hyperparameter of a translation run; a config overrides any of them.
-_COMMON: Dict[str, Any] = {
-    "task": "translation",
-    "model": "transformer",
-    "init": "xavier",
-    "init_options": {},
-    "seed": 0,
-    "data": "trans-de-en",  # or "iwslt14" (data_path: prepared or raw de-en folder)
-    "data_path": None,
-    "valid_size": 1000,  # trans-de-en held-out pairs (iwslt14 has its own split)
-    "test_size": 1000,
-    "max_train_pairs": None,
-    "vocab_size": 8000,  # joint sentencepiece BPE
-    "max_len": 128,  # subword pieces per side, longer sentences are cut
-    "share_embeddings": True,
-    "tie_output": True,
-    "layer_norm": True,  # False drops every LayerNorm (T-Fixup's architecture)
-    "heads": 4,
-    "dropout": 0.3,
-    "attention_dropout": 0.0,
-    "activation_dropout": 0.0,
-    "label_smoothing": 0.1,
-    "lr": 5e-4,
-    "betas": [0.9, 0.98],
-    "eps": 1e-8,
-    "weight_decay": 1e-4,  # decoupled (AdamW), as fairseq's Adam applies it
-    "warmup_updates": 4000,
-    "clip_norm": 0.0,  # 0 = no gradient clipping
-    "max_tokens": 4096,
-    "max_epochs": 80,
-    "max_updates": None,
-    "bleu_split": "test",  # the paper reports BLEU of every epoch (BLEU_1, BLEU_best)
-    "bleu_beam": 5,
-    "len_penalty": 1.0,
-    "bleu_max_sentences": None,  # score the first N sentences of bleu_split only
-    "measure_emergence": True,  # E at init on one training batch (forward hooks; see emergeinit.probe)
-    "device": "auto",  # auto: cuda when available
-    "threads": None,
-    "cache_dir": ".cache/emergeinit/translation",
-}
-
-PROTOCOLS: Dict[str, Dict[str, Any]] = {
-    # the paper's sizes: 6+6 layers, embedding 512, FFN 1024 (fairseq transformer_iwslt_de_en)
-    "iwslt14": {**_COMMON, "protocol": "iwslt14", "dim": 512, "ffn_dim": 1024, "encoder_layers": 6,
-                "decoder_layers": 6, "vocab_size": 10000},
-    # ~5M parameters; trains in about 10 minutes on a 2-core CPU on trans-de-en
-    "cpu_small": {**_COMMON, "protocol": "cpu_small", "dim": 256, "ffn_dim": 512, "encoder_layers": 3,
-                  "decoder_layers": 3, "vocab_size": 6000, "dropout": 0.1, "lr": 1e-3,
-                  "warmup_updates": 300, "max_tokens": 2000, "max_epochs": 5, "bleu_beam": 1,
-                  "bleu_max_sentences": 500, "max_len": 64},
-}
-
-INITS = ("default", "xavier", "tfixup", "emergence", "emergence_encdec")
-
-
-def resolve_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The protocol's defaults (``config['protocol']``, default ``cpu_small``) updated by ``config``."""
-    name = config.get("protocol", "cpu_small")
-    if name not in PROTOCOLS:
-        raise ValueError(f"unknown translation protocol {name!r}: use one of {sorted(PROTOCOLS)}")
-    unknown = set(config) - set(PROTOCOLS[name])
-    if unknown:
-        raise ValueError(f"unknown translation config keys: {sorted(unknown)}")
-    resolved = {**PROTOCOLS[name], **config}
-    if resolved["init"] not in INITS:
-        raise ValueError(f"unknown init {resolved['init']!r}: use one of {INITS}")
-    return resolved
-
+__all__ = ["inverse_sqrt_lr", "build_model", "apply_init", "evaluate_nll", "run"]
 
 def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
     """Learning rate of update number ``step`` (1-based): linear warm-up from 0 to ``lr`` over
@@ -189,13 +122,13 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     token, nats), bleu (sacrebleu on ``bleu_split``), lr, updates, train_s (cumulative). A non-finite
     training loss stops the run with ``diverged=True``; the epochs so far are kept.
     """
-    cfg = resolve_config(config)
+    cfg = resolve_config(config, task="translation")
     auto = cfg["device"] in (None, "auto")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    corpus = load_corpus(cfg["data"], path=cfg["data_path"], valid_size=cfg["valid_size"],
-                         test_size=cfg["test_size"], max_pairs=cfg["max_train_pairs"])
+    if cfg["cpu_threads"]:
+        torch.set_num_threads(int(cfg["cpu_threads"]))
+    corpus = load_corpus(cfg["dataset"], path=cfg["data_dir"], valid_size=cfg["valid_size"],
+                         test_size=cfg["test_size"], max_pairs=cfg["train_limit"])
     sp = train_sentencepiece(corpus.train, vocab_size=cfg["vocab_size"], cache_dir=cfg["cache_dir"])
     train_ex = encode_pairs(sp, corpus.train, cfg["max_len"])
     valid_ex = encode_pairs(sp, corpus.valid, cfg["max_len"])
@@ -211,7 +144,7 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     epochs: List[Dict[str, Any]] = []
     diverged, updates, train_s, eval_s = False, 0, 0.0, 0.0
     samples: List[Tuple[str, str, str]] = []
-    for epoch in range(1, cfg["max_epochs"] + 1):
+    for epoch in range(1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
         model.train()
         batches = token_batches(train_ex, cfg["max_tokens"], shuffle=True, seed=cfg["seed"] * 1000 + epoch)
@@ -220,10 +153,10 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
             from tqdm.auto import tqdm
 
             iterator = tqdm(batches, desc=f"{cfg['init']} epoch {epoch}", leave=False)
-        loss_sum, nll_sum, tokens = 0.0, 0.0, 0
+        loss_sum, nll_sum, tokens, epoch_updates = 0.0, 0.0, 0, 0
         for idx in iterator:
             batch = collate(train_ex, idx).to(device)
-            lr = inverse_sqrt_lr(updates + 1, cfg["lr"], cfg["warmup_updates"])
+            lr = inverse_sqrt_lr(updates + 1, cfg["lr"], cfg["warmup_steps"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             smoothed, nll = _loss(model, batch, cfg["label_smoothing"])
@@ -233,12 +166,14 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
                 break
             optimizer.zero_grad(set_to_none=True)
             (smoothed / n).backward()
-            if cfg["clip_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_norm"])
+            if cfg["clip_grad_norm"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
             optimizer.step()
-            updates += 1
+            updates, epoch_updates = updates + 1, epoch_updates + 1
             loss_sum, nll_sum, tokens = loss_sum + float(smoothed.detach()), nll_sum + float(nll.detach()), tokens + n
-            if cfg["max_updates"] and updates >= cfg["max_updates"]:
+            if cfg["max_steps"] and updates >= cfg["max_steps"]:
+                break
+            if cfg["max_epoch_steps"] and epoch_updates >= cfg["max_epoch_steps"]:
                 break
         train_s += time.perf_counter() - t0
         if diverged:
@@ -259,7 +194,7 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
         if not math.isfinite(valid_loss):
             diverged = True
             break
-        if cfg["max_updates"] and updates >= cfg["max_updates"]:
+        if cfg["max_steps"] and updates >= cfg["max_steps"]:
             break
 
     bleus = [e["bleu"] for e in epochs]

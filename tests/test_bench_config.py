@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from emergeinit.bench.config import ALIASES, TASKS, resolve_config, run_id
 from emergeinit.bench.data import ImageData
-from emergeinit.bench.image import make_optimizer, train_epoch
-from emergeinit.bench.protocols import lr_lambda, resolve_config
+from emergeinit.bench.image import lr_lambda, make_optimizer, train_epoch
 from emergeinit.bench.records import init_label
 
 
@@ -92,3 +92,57 @@ def test_init_label():
     assert init_label({"init": "emergence", "init_options": {"alpha": 2.0, "schedule": "literal",
                                                             "scope": "blockwise"}}) == \
         "emergence (literal, α=2, blockwise)"
+
+
+# ------------------------------------------------------------------ one resolver, one name per idea
+
+OLD_TRANSLATION_KEYS = {"threads": 2, "clip_norm": 0.5, "max_epochs": 3, "max_updates": 100,
+                        "warmup_updates": 10, "data": "iwslt14", "data_path": "/data/de-en",
+                        "max_train_pairs": 50}
+NEW_TRANSLATION_KEYS = {"cpu_threads": 2, "clip_grad_norm": 0.5, "epochs": 3, "max_steps": 100,
+                        "warmup_steps": 10, "dataset": "iwslt14", "data_dir": "/data/de-en",
+                        "train_limit": 50}
+
+
+def test_old_translation_keys_resolve_to_the_new_config_and_run_id():
+    old = resolve_config({"task": "translation", "init": "tfixup", **OLD_TRANSLATION_KEYS})
+    new = resolve_config({"task": "translation", "init": "tfixup", **NEW_TRANSLATION_KEYS})
+    assert old == new and run_id(old) == run_id(new)
+    assert {k: new[k] for k in NEW_TRANSLATION_KEYS} == NEW_TRANSLATION_KEYS
+    assert not set(ALIASES) & set(new)  # the resolved config stores the new names only
+    assert run_id({"task": "translation", **OLD_TRANSLATION_KEYS}) == run_id({"task": "translation", **NEW_TRANSLATION_KEYS})
+
+
+def test_a_key_and_its_old_name_must_agree():
+    assert resolve_config({"threads": 2, "cpu_threads": 2})["cpu_threads"] == 2
+    with pytest.raises(ValueError, match="'threads' and its new name 'cpu_threads'"):
+        resolve_config({"threads": 2, "cpu_threads": 3})
+
+
+def test_translation_run_id_ignores_threads_data_location_and_cache():
+    base = {"task": "translation", "protocol": "cpu_small"}
+    ids = {run_id(resolve_config({**base, **extra})) for extra in (
+        {}, {"cpu_threads": 1}, {"cpu_threads": 8}, {"threads": 4}, {"data_dir": "/x"}, {"cache_dir": "/tmp/c"})}
+    assert len(ids) == 1
+    assert run_id(resolve_config({**base, "seed": 1})) not in ids
+    image = resolve_config({"model": "mlp"})
+    assert run_id(image) == run_id({**image, "cpu_threads": 4, "data_dir": "/y", "download": True})
+
+
+def test_one_resolver_for_every_task():
+    assert set(TASKS) == {"image", "translation"}
+    for name, task in TASKS.items():
+        for protocol in task.protocols:
+            c = resolve_config({"task": name, "protocol": protocol})
+            assert c["task"] == name and c["protocol"] == protocol and resolve_config(c) == c
+            assert {"epochs", "max_steps", "max_epoch_steps", "clip_grad_norm", "cpu_threads", "amp",
+                    "dataset", "data_dir", "train_limit", "lr", "seed"} <= set(c)
+    assert resolve_config({"task": "translation"})["protocol"] == "cpu_small"
+    assert resolve_config({"task": "translation", "clip_grad_norm": 0})["clip_grad_norm"] is None  # 0: off
+    with pytest.raises(ValueError, match="unknown protocol 'table1' for task translation"):
+        resolve_config({"task": "translation", "protocol": "table1"})
+    with pytest.raises(ValueError, match="unknown task"):
+        resolve_config({"task": "speech"})
+    with pytest.raises(ValueError, match="a translation run got a config of task 'image'"):
+        resolve_config({"task": "image"}, task="translation")
+    assert resolve_config({}, task="translation")["task"] == "translation"
