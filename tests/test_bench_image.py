@@ -4,6 +4,7 @@ import hashlib
 import math
 
 import pytest
+import torch
 
 from _bench_helpers import write_cifar_archive, write_fashion_mnist
 from emergeinit.bench.image import run
@@ -88,3 +89,15 @@ def test_max_steps_caps_the_run_and_max_epoch_steps_each_epoch(tmp_path):
     r = run({**base, "max_steps": 3, "extra_epoch": "const"}, progress=False)  # the extra epoch counts
     assert [(e["phase"], e["steps"]) for e in r["epochs"]] == [("extra", 2), ("main", 1)]
 
+
+def test_image_run_restores_the_thread_count(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", n_train=16, n_test=8)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        r = run({**TINY, "protocol": "seed", "model": "mlp", "dataset": "fashion-mnist",
+                 "data_dir": str(folder), "init": "xavier"}, progress=False)
+        assert r["device"].startswith("cpu: ") and r["device"].endswith("(1 threads)")  # ran on 1
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(saved)

@@ -9,6 +9,7 @@ import torch
 
 from emergeinit.bench.config import resolve_config
 from emergeinit.bench.translation import train as train_mod
+from emergeinit.bench.translation.data import CorpusMissing
 from emergeinit.bench.translation.report import method_label, translation_report
 from emergeinit.bench.translation.train import inverse_sqrt_lr, run
 
@@ -106,6 +107,20 @@ def test_translation_report_table_ratios_and_plots(tmp_path):
     assert (tmp_path / "translation_cpu_small_trans-de-en_loss.png").stat().st_size > 1000
     assert method_label({"init": "emergence_encdec", "init_options": {"beta_enc": 1.0, "beta_dec": 2.0}}) == \
         "emergence_encdec (β_dec=2)"
+
+
+def test_run_restores_the_thread_count_even_when_it_fails(tmp_path):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out = run(_config(tmp_path, cpu_threads=1, epochs=1), progress=False)
+        assert out["device"].endswith("(1 threads)")  # the run itself had one thread
+        assert torch.get_num_threads() == 3
+        with pytest.raises(CorpusMissing):
+            run(_config(tmp_path, cpu_threads=1, data_dir=str(tmp_path / "missing")), progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_max_steps_caps_the_run_and_max_epoch_steps_each_epoch(tmp_path):

@@ -12,14 +12,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-__all__ = ["pick_device", "device_name", "versions", "git_commit"]
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["device_name", "versions", "git_commit"]
 
 
 def _cpu_model() -> str:
@@ -34,11 +27,12 @@ def _cpu_model() -> str:
 
 
 def device_name(device: Union[str, torch.device]) -> str:
-    """A human name for the device: the GPU's name, or the CPU model with torch's thread count."""
+    """A human name for the device, its type first: ``cuda: <GPU name>``, or ``cpu: <CPU model>
+    (<torch's thread count> threads)``."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {_cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def versions() -> Dict[str, Optional[str]]:
@@ -69,4 +63,4 @@ def git_commit(path: Union[str, os.PathLike, None] = None) -> Optional[str]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(device_name(pick_device()), versions(), git_commit(), file=sys.stdout)
+    print(device_name("cuda" if torch.cuda.is_available() else "cpu"), versions(), git_commit(), file=sys.stdout)

@@ -4,13 +4,12 @@
 through :func:`emergeinit.initialize`, measures E at init (:func:`emergeinit.measure_emergence`),
 then trains: the optional extra epoch ("+1 epoch" baselines), then ``epochs`` measured epochs,
 each followed by a test evaluation in eval mode (Acc_1 is the first measured epoch's), until
-``max_steps`` optimizer steps if that is set. A NaN/inf training loss stops the run with
-``diverged=True``; the epochs finished so far are kept.
+``max_steps`` optimizer steps if that is set. The steps themselves are :mod:`emergeinit.bench.loop`'s.
+A NaN/inf training loss stops the run with ``diverged=True``; the epochs finished so far are kept.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -19,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import emergeinit as ei
 from emergeinit.bench import augment
-from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.config import has_batch_norm, resolve_config
-from emergeinit.bench.env import device_name, pick_device
+from emergeinit.bench.data import ImageData, load_dataset
+from emergeinit.bench.env import device_name
+from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
 from emergeinit.models import build_model
 
 __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "lr_lambda",
@@ -91,72 +92,40 @@ def lr_lambda(config: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int]
 def epoch_steps(config: Mapping[str, Any], train_size: int) -> int:
     """Optimizer steps in a full epoch (the lr schedule's unit): a pass over the training set, at
     most ``max_epoch_steps``."""
-    steps = math.ceil(train_size / int(config["batch_size"]))
-    if config.get("max_epoch_steps"):
-        steps = min(steps, int(config["max_epoch_steps"]))
-    return steps
-
-
-def _autocast(config: Mapping[str, Any], device: torch.device):
-    if config.get("amp") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return step_budget(math.ceil(train_size / int(config["batch_size"])), max_epoch_steps=config["max_epoch_steps"])
 
 
 def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer,
                 config: Mapping[str, Any], *, lr_factor: Callable[[int], float], step0: int,
                 generator: Optional[torch.Generator], steps: Optional[int] = None,
-                progress: Any = None) -> Dict[str, Any]:
+                progress: Optional[str] = None) -> Dict[str, Any]:
     """One pass over the (shuffled) training set, or its first ``steps`` batches (default
-    :func:`epoch_steps`). Sets each group's lr to ``initial_lr × lr_factor(global step)`` before
-    each step, clips the gradient norm when configured. Returns mean loss, a short loss curve,
-    steps taken and whether the loss went non-finite."""
+    :func:`epoch_steps`), at lr ``config["lr"] × lr_factor(global step)``. Returns mean loss, a
+    short loss curve, steps taken, the step that went non-finite (or None) and the last lr."""
     model.train()
-    device = data.train_x.device
-    n = data.train_x.shape[0]
+    x_all, y_all = data.train_x, data.train_y
     bs = int(config["batch_size"])
-    steps = epoch_steps(config, n) if steps is None else steps
-    perm = torch.randperm(n, device=device, generator=generator)
-    losses = torch.empty(steps, device=device)
-    clip = config.get("clip_grad_norm")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    check = max(1, int(config.get("nan_check_every") or 1))
-    diverged_at = None
-    done = 0
-    for i in range(steps):
-        f = lr_factor(step0 + i)
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * f
-        idx = perm[i * bs:(i + 1) * bs]
-        x = prepare_batch(data, data.train_x[idx], config, generator)
-        y = data.train_y[idx]
-        with _autocast(config, device):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, float(clip))
-        optimizer.step()
-        losses[i] = loss.detach()
-        done = i + 1
-        if done % check == 0 or done == steps:
-            window = losses[max(0, done - check):done]
-            if not bool(torch.isfinite(window).all()):
-                bad = torch.nonzero(~torch.isfinite(losses[:done]))[0].item()
-                diverged_at = int(bad)
-                break
-            if progress is not None:
-                progress.update(done - progress.n)
-                progress.set_postfix(loss=f"{window.mean().item():.3f}", refresh=False)
-    kept = losses[:done] if diverged_at is None else losses[:diverged_at]
+    total = epoch_steps(config, x_all.shape[0]) if steps is None else steps
+    perm = torch.randperm(x_all.shape[0], device=x_all.device, generator=generator)
+    batches = ((prepare_batch(data, x_all[idx], config, generator), y_all[idx]) for idx in perm.split(bs))
+
+    def loss_fn(batch: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        loss = F.cross_entropy(model(batch[0]), batch[1])
+        return loss, loss.detach()
+
+    base_lr = float(config["lr"])
+    out = train_steps(optimizer, batches, loss_fn, total=total, lr_at=lambda s: base_lr * lr_factor(s),
+                      step0=step0, clip_grad_norm=config.get("clip_grad_norm"), amp=bool(config.get("amp")),
+                      device=x_all.device, check_every=config.get("nan_check_every") or 1, progress=progress)
+    kept = out.values[:out.diverged_at] if out.diverged_at is not None else out.values
     points = max(1, int(config.get("loss_points") or 1))
     chunks = torch.tensor_split(kept.float().cpu(), min(points, max(1, kept.numel()))) if kept.numel() else []
     return {
         "train_loss": float(kept.mean()) if kept.numel() else None,
         "loss_curve": [float(c.mean()) for c in chunks if c.numel()],
-        "steps": done,
-        "diverged_at_step": diverged_at,
-        "lr_end": optimizer.param_groups[0]["lr"],
+        "steps": out.steps,
+        "diverged_at_step": out.diverged_at,
+        "lr_end": out.lr,
     }
 
 
@@ -172,7 +141,7 @@ def evaluate(model: nn.Module, data: ImageData, config: Mapping[str, Any]) -> Tu
     for i in range(0, n, bs):
         x = prepare_batch(data, data.test_x[i:i + bs], config, None, train=False)
         y = data.test_y[i:i + bs]
-        with _autocast(config, device):
+        with autocast(bool(config.get("amp")), device):
             out = model(x).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
@@ -212,9 +181,7 @@ def _init_batches(data: ImageData, config: Mapping[str, Any],
 
 
 def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
-                generator: Optional[torch.Generator]) -> Optional[Dict[str, Any]]:
-    import emergeinit
-
+                generator: Optional[torch.Generator]) -> Dict[str, Any]:
     options = dict(config.get("init_options") or {})
     if config["init"] in DATA_INITS:
         options.setdefault("data", _init_batches(data, config, generator))
@@ -225,20 +192,17 @@ def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
 
         if config["model"] in GRADINIT_LR:  # GradInit's own step size for this architecture
             options["arch"] = config["model"]
-    record = emergeinit.initialize(model, config["init"], **options)
-    return record.to_dict() if hasattr(record, "to_dict") else None
+    return ei.initialize(model, config["init"], **options).to_dict()
 
 
 def _measure(model: nn.Module, config: Mapping[str, Any], data: ImageData) -> Dict[str, Any]:
-    import emergeinit
-
     k = int(config["emergence_batch_size"])
     x = prepare_batch(data, data.train_x[:k], config, None, train=False)
     kwargs = {} if config.get("emergence_threshold") is None else {"threshold": config["emergence_threshold"]}
     training = config.get("emergence_training")
     if training is None:  # BN nets train on batch statistics: read E as the first steps see it
         training = has_batch_norm(config["model"])
-    report = emergeinit.measure_emergence(model, x, training=bool(training), **kwargs).to_dict()
+    report = ei.measure_emergence(model, x, training=bool(training), **kwargs).to_dict()
     return {**report, "training": bool(training)}
 
 
@@ -249,15 +213,8 @@ def _finite(value: Optional[float]) -> Optional[float]:
 def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Train one image configuration; return the task part of its record (see module doc)."""
     config = resolve_config(config, task="image")
-    threads = config.get("cpu_threads")
-    if not threads:
+    with cpu_threads(config["cpu_threads"]):
         return _run(config, progress)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        return _run(config, progress)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
@@ -283,8 +240,6 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
         extra["emergence_error"] = f"{type(err).__name__}: {err}"
 
     optimizer = make_optimizer(model, config)
-    for g in optimizer.param_groups:
-        g["initial_lr"] = g["lr"]
     steps_per_epoch = epoch_steps(config, data.train_x.shape[0])
     extra["steps_per_epoch"] = steps_per_epoch
     factor = lr_lambda(config, steps_per_epoch)
@@ -294,20 +249,12 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     epochs: List[Dict[str, Any]] = []
     diverged = False
     step = 0
-    bar_cls = _tqdm() if progress else None
     for epoch, phase in phases:
-        steps = steps_per_epoch
-        if config["max_steps"]:
-            steps = min(steps, int(config["max_steps"]) - step)
+        steps = step_budget(steps_per_epoch, max_steps=config["max_steps"], done=step)
         t_epoch = time.perf_counter()
-        bar = bar_cls(total=steps, desc=f"{config['model']} {config['init']} epoch {epoch}",
-                      leave=False, unit="step") if bar_cls else None
-        try:
-            stats = train_epoch(model, data, optimizer, config, lr_factor=factor, step0=step,
-                                generator=generator, steps=steps, progress=bar)
-        finally:
-            if bar is not None:
-                bar.close()
+        title = f"{config['model']} {config['init']} epoch {epoch}" if progress else None
+        stats = train_epoch(model, data, optimizer, config, lr_factor=factor, step0=step,
+                            generator=generator, steps=steps, progress=title)
         step += stats["steps"]
         if stats["diverged_at_step"] is not None:
             diverged = True
@@ -325,9 +272,3 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     extra["acc_best"] = max(main) if main else None
     return {"epochs": epochs, "emergence_at_init": emergence, "init_record": init_record,
             "diverged": diverged, "device": device_name(device), "extra": extra}
-
-
-def _tqdm():
-    from tqdm.auto import tqdm
-
-    return tqdm

@@ -19,7 +19,8 @@ import traceback
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 from emergeinit.bench.config import resolve_config, run_id, task_spec
-from emergeinit.bench.env import device_name, git_commit, pick_device, versions
+from emergeinit.bench.env import device_name, git_commit, versions
+from emergeinit.bench.loop import pick_device
 from emergeinit.bench.records import PathLike, append_record, finished_ids
 
 __all__ = ["execute", "run_task", "InProcessExecutor", "run_grid"]

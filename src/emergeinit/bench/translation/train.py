@@ -1,19 +1,22 @@
 """Train one translation run (the paper's Table 2): corpus → sentencepiece → post-LN transformer →
-init by name → Adam + inverse-sqrt schedule, label smoothing 0.1; each epoch the validation loss
+init by name → AdamW + inverse-sqrt schedule, label smoothing 0.1; each epoch the validation loss
 and BLEU (sacrebleu, detokenized). ``run(config)`` returns the task part of a harness record.
-The config's keys and protocols are :mod:`emergeinit.bench.config`'s."""
+The config's keys and protocols are :mod:`emergeinit.bench.config`'s; the optimizer steps,
+device, threads and divergence checks are :mod:`emergeinit.bench.loop`'s."""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+import emergeinit as ei
 from emergeinit.bench.config import resolve_config
+from emergeinit.bench.env import device_name
+from emergeinit.bench.loop import cpu_threads, pick_device, step_budget, train_steps
 from emergeinit.models.transformer import Seq2SeqTransformer
 
 from .data import load_corpus
@@ -21,6 +24,9 @@ from .decode import corpus_bleu, translate
 from .spm import PAD, Batch, collate, encode_pairs, token_batches, train_sentencepiece
 
 __all__ = ["inverse_sqrt_lr", "build_model", "apply_init", "evaluate_nll", "run"]
+
+Examples = Sequence[Tuple[Sequence[int], Sequence[int]]]
+
 
 def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
     """Learning rate of update number ``step`` (1-based): linear warm-up from 0 to ``lr`` over
@@ -32,7 +38,8 @@ def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
     return lr * math.sqrt(warmup / step)
 
 
-def build_model(config: Dict[str, Any], vocab_size: int) -> Seq2SeqTransformer:
+def build_model(config: Mapping[str, Any], vocab_size: int) -> Seq2SeqTransformer:
+    """The configured transformer over a vocabulary of ``vocab_size`` pieces (pad id PAD)."""
     c = config
     return Seq2SeqTransformer(
         vocab_size, dim=c["dim"], ffn_dim=c["ffn_dim"], heads=c["heads"],
@@ -43,15 +50,7 @@ def build_model(config: Dict[str, Any], vocab_size: int) -> Seq2SeqTransformer:
     )
 
 
-def _to_dict(result: Any) -> Optional[Dict[str, Any]]:
-    if result is None:
-        return None
-    if hasattr(result, "to_dict"):
-        return result.to_dict()
-    return result if isinstance(result, dict) else {"repr": repr(result)}
-
-
-def apply_init(model: torch.nn.Module, init: str, options: Dict[str, Any],
+def apply_init(model: torch.nn.Module, init: str, options: Mapping[str, Any],
                example_input: Tuple[torch.Tensor, torch.Tensor]) -> Optional[Dict[str, Any]]:
     """Initialize ``model`` in place by name; returns the init record as a dict (None: 'default').
 
@@ -60,13 +59,11 @@ def apply_init(model: torch.nn.Module, init: str, options: Dict[str, Any],
     """
     if init == "default":
         return None
-    import emergeinit as ei
-
     if init == "emergence_encdec":
-        return _to_dict(ei.encoder_decoder_init_(model, **options))
+        return ei.encoder_decoder_init_(model, **options).to_dict()
     if init == "emergence":  # layers are traced in execution order on a real batch
         options = {"scope": "blockwise", "base": "xavier", "alpha": 10.0, "example_input": example_input, **options}
-    return _to_dict(ei.initialize(model, init, **options))
+    return ei.initialize(model, init, **options).to_dict()
 
 
 def _loss(model, batch: Batch, label_smoothing: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -107,26 +104,59 @@ def _measure(model, example, config) -> Tuple[Optional[Dict[str, Any]], Optional
     if not config["measure_emergence"]:
         return None, None
     try:  # an auxiliary number: a probe that cannot handle this model must not lose the run
-        import emergeinit as ei
-
         src, tgt_in = example
-        return _to_dict(ei.measure_emergence(model, {"src": src, "tgt_in": tgt_in})), None
+        return ei.measure_emergence(model, {"src": src, "tgt_in": tgt_in}).to_dict(), None
     except Exception as err:  # noqa: BLE001
         return None, f"{type(err).__name__}: {err}"
 
 
-def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
+def _train_epoch(model, optimizer, examples: Examples, config: Mapping[str, Any], epoch: int, *,
+                 step0: int, device: torch.device, progress: bool) -> Dict[str, Any]:
+    """One epoch of length-bucketed batches (shuffled by seed and epoch), cut to the step caps."""
+    model.train()
+    order = token_batches(examples, config["max_tokens"], shuffle=True, seed=config["seed"] * 1000 + epoch)
+    steps = step_budget(len(order), max_epoch_steps=config["max_epoch_steps"], max_steps=config["max_steps"],
+                        done=step0)
+    tokens = [sum(len(examples[i][1]) + 1 for i in idx) for idx in order[:steps]]  # targets + eos
+
+    def batches() -> Iterator[Tuple[Batch, int]]:
+        for idx, n in zip(order, tokens):
+            yield collate(examples, idx).to(device), n
+
+    def loss_fn(item: Tuple[Batch, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        smoothed, nll = _loss(model, item[0], config["label_smoothing"])
+        return smoothed / item[1], torch.stack([smoothed.detach(), nll.detach()])
+
+    out = train_steps(
+        optimizer, batches(), loss_fn, total=steps, step0=step0,
+        lr_at=lambda s: inverse_sqrt_lr(s + 1, config["lr"], config["warmup_steps"]),
+        clip_grad_norm=config["clip_grad_norm"], amp=config["amp"], device=device,
+        check_every=config["nan_check_every"], progress=f"{config['init']} epoch {epoch}" if progress else None,
+    )
+    loss_sum = nll_sum = 0.0
+    for smoothed, nll in out.values.tolist():  # summed in order, in float64
+        loss_sum += smoothed
+        nll_sum += nll
+    n = max(sum(tokens[:out.steps]), 1)
+    return {"steps": out.steps, "diverged": out.diverged_at is not None, "lr": out.lr,
+            "train_loss": loss_sum / n, "train_nll": nll_sum / n}
+
+
+def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Train and evaluate one translation configuration; returns the task part of a record.
 
     Each epoch entry: epoch, train_loss (label-smoothed, per token), train_nll, valid_loss (NLL per
-    token, nats), bleu (sacrebleu on ``bleu_split``), lr, updates, train_s (cumulative). A non-finite
-    training loss stops the run with ``diverged=True``; the epochs so far are kept.
+    token, nats), bleu (sacrebleu on ``bleu_split``), lr, updates (steps so far), train_s
+    (cumulative). A non-finite training loss stops the run with ``diverged=True``; the epochs so
+    far are kept.
     """
     cfg = resolve_config(config, task="translation")
-    auto = cfg["device"] in (None, "auto")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else cfg["device"])
-    if cfg["cpu_threads"]:
-        torch.set_num_threads(int(cfg["cpu_threads"]))
+    with cpu_threads(cfg["cpu_threads"]):
+        return _run(cfg, progress)
+
+
+def _run(cfg: Dict[str, Any], progress: bool) -> Dict[str, Any]:
+    device = pick_device(cfg["device"])
     corpus = load_corpus(cfg["dataset"], path=cfg["data_dir"], valid_size=cfg["valid_size"],
                          test_size=cfg["test_size"], max_pairs=cfg["train_limit"])
     sp = train_sentencepiece(corpus.train, vocab_size=cfg["vocab_size"], cache_dir=cfg["cache_dir"])
@@ -142,41 +172,15 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
                                   eps=cfg["eps"], weight_decay=cfg["weight_decay"])
     epochs: List[Dict[str, Any]] = []
-    diverged, updates, train_s, eval_s = False, 0, 0.0, 0.0
+    diverged, step, train_s, eval_s = False, 0, 0.0, 0.0
     samples: List[Tuple[str, str, str]] = []
     for epoch in range(1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
-        model.train()
-        batches = token_batches(train_ex, cfg["max_tokens"], shuffle=True, seed=cfg["seed"] * 1000 + epoch)
-        iterator = batches
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(batches, desc=f"{cfg['init']} epoch {epoch}", leave=False)
-        loss_sum, nll_sum, tokens, epoch_updates = 0.0, 0.0, 0, 0
-        for idx in iterator:
-            batch = collate(train_ex, idx).to(device)
-            lr = inverse_sqrt_lr(updates + 1, cfg["lr"], cfg["warmup_steps"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            smoothed, nll = _loss(model, batch, cfg["label_smoothing"])
-            n = batch.ntokens
-            if not math.isfinite(float(smoothed.detach())):
-                diverged = True
-                break
-            optimizer.zero_grad(set_to_none=True)
-            (smoothed / n).backward()
-            if cfg["clip_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
-            optimizer.step()
-            updates, epoch_updates = updates + 1, epoch_updates + 1
-            loss_sum, nll_sum, tokens = loss_sum + float(smoothed.detach()), nll_sum + float(nll.detach()), tokens + n
-            if cfg["max_steps"] and updates >= cfg["max_steps"]:
-                break
-            if cfg["max_epoch_steps"] and epoch_updates >= cfg["max_epoch_steps"]:
-                break
+        stats = _train_epoch(model, optimizer, train_ex, cfg, epoch, step0=step, device=device, progress=progress)
+        step += stats["steps"]
         train_s += time.perf_counter() - t0
-        if diverged:
+        if stats["diverged"]:
+            diverged = True
             break
         t1 = time.perf_counter()
         valid_loss = evaluate_nll(model, valid_ex, cfg["max_tokens"], device)
@@ -185,16 +189,16 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
         samples = [(p[0], p[1], h) for p, h in zip(bleu_pairs[:3], hyps[:3])]
         eval_s += time.perf_counter() - t1
         epochs.append({
-            "epoch": epoch, "train_loss": loss_sum / max(tokens, 1), "train_nll": nll_sum / max(tokens, 1),
-            "valid_loss": valid_loss, "bleu": bleu, "lr": lr, "updates": updates, "train_s": train_s,
+            "epoch": epoch, "train_loss": stats["train_loss"], "train_nll": stats["train_nll"],
+            "valid_loss": valid_loss, "bleu": bleu, "lr": stats["lr"], "updates": step, "train_s": train_s,
         })
         if progress:
-            print(f"[{cfg['init']}] epoch {epoch}: train {epochs[-1]['train_loss']:.3f} "
+            print(f"[{cfg['init']}] epoch {epoch}: train {stats['train_loss']:.3f} "
                   f"valid nll {valid_loss:.3f} BLEU {bleu:.2f} ({train_s:.0f}s train)", flush=True)
         if not math.isfinite(valid_loss):
             diverged = True
             break
-        if cfg["max_steps"] and updates >= cfg["max_steps"]:
+        if cfg["max_steps"] and step >= cfg["max_steps"]:
             break
 
     bleus = [e["bleu"] for e in epochs]
@@ -203,7 +207,7 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
         "emergence_at_init": emergence,
         "init_record": init_record,
         "diverged": diverged,
-        "device": _device_name(device),
+        "device": device_name(device),
         "extra": {
             "bleu_1": bleus[0] if bleus else None,
             "bleu_best": max(bleus) if bleus else None,
@@ -214,15 +218,9 @@ def run(config: Dict[str, Any], *, progress: bool = True) -> Dict[str, Any]:
                        "test": len(corpus.test)},
             "train_s": train_s,
             "eval_s": eval_s,
-            "updates": updates,
+            "updates": step,
             "samples": samples,
             "emergence_error": emergence_error,
             "resolved_config": cfg,
         },
     }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu ({torch.get_num_threads()} threads)"
