@@ -63,7 +63,7 @@ class Steps:
     """What :func:`train_steps` did: per-step logged values, how far it got, the last lr."""
 
     values: torch.Tensor        # [steps, ...] what the loss function logged at each step, on its device
-    steps: int                  # optimizer steps taken (the non-finite one included)
+    steps: int                  # optimizer steps taken (up to the check that found a non-finite value)
     diverged_at: Optional[int]  # index of the first step whose logged values are not finite
     lr: float                   # the learning rate of the last step
 

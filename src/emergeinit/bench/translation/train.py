@@ -110,7 +110,7 @@ def _measure(model, example, config) -> Tuple[Optional[Dict[str, Any]], Optional
         return None, f"{type(err).__name__}: {err}"
 
 
-def _train_epoch(model, optimizer, examples: Examples, config: Mapping[str, Any], epoch: int, *,
+def _train_epoch(model: Seq2SeqTransformer, optimizer: torch.optim.Optimizer, examples: Examples, config: Mapping[str, Any], epoch: int, *,
                  step0: int, device: torch.device, progress: bool) -> Dict[str, Any]:
     """One epoch of length-bucketed batches (shuffled by seed and epoch), cut to the step caps."""
     model.train()
