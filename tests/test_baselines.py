@@ -420,3 +420,11 @@ def test_record_is_json_and_readable():
     assert d["options"]["iters"] == 2 and d["options"]["loss_fn"] == "default_loss"
     text = str(record)
     assert text.startswith("gradinit:") and f"{record.forward_passes} forward" in text
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"tfixup"}))
+def test_a_meta_model_is_refused_plainly(method):
+    model = mlp().to("meta")
+    options = {"emergence": {"alpha": 2.0}, "kaiming": {}, "xavier": {}}.get(method, {"data": mlp_batch()})
+    with pytest.raises(ValueError, match=r"initialize\(\.\.\., '\w+'\) needs weights with values.*meta device"):
+        ei.initialize(model, method, **options)

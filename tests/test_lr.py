@@ -103,3 +103,30 @@ def test_attention_out_proj_takes_the_rate_of_its_input_projection():
 def test_bad_base_lr(base_lr):
     with pytest.raises(ValueError, match="base_lr"):
         ei.layerwise_lr_groups(Net(), F.cross_entropy, batch(), base_lr=base_lr)
+
+
+def test_non_finite_batch_or_gradient_is_an_error():
+    from emergeinit.trace import NonFiniteError
+
+    x, y = batch()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"the loss is nan \(the input batch is not finite\)"):
+        ei.layerwise_lr_groups(Net(), F.cross_entropy, (x, y), base_lr=1e-3)
+    x, y = batch()
+    model = Net()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="first non-finite output: layer 'fc1'"):
+        ei.layerwise_lr_groups(model, F.cross_entropy, (x, y), base_lr=1e-3)
+    # a finite loss (0) whose gradient is not: sqrt has an infinite slope at 0
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.zero_(), model[0].bias.zero_(), model[2].bias.zero_()
+    with pytest.raises(NonFiniteError, match=r"input gradient of .*2\.weight .*\(the loss is finite\)"):
+        ei.layerwise_lr_groups(model, lambda out, t: out.sum().sqrt(), (torch.zeros(2, 3), torch.zeros(2)), 1e-3)
+
+
+def test_batch_without_targets_is_refused():
+    x, _ = batch()
+    with pytest.raises(ValueError, match="needs targets"):
+        ei.layerwise_lr_groups(Net(), F.cross_entropy, x, base_lr=1e-3)

@@ -77,7 +77,7 @@ def test_count_and_mean_modes_on_two_samples():
 @pytest.mark.parametrize("mode", ["count", "mean"])
 def test_batches_accumulate(mode):
     whole = measure_emergence(hand_mlp(), X, mode=mode)
-    assert measure_emergence(hand_mlp(), [X[:1], X[1:]], mode=mode).to_dict() == whole.to_dict()
+    assert measure_emergence(hand_mlp(), iter([X[:1], X[1:]]), mode=mode).to_dict() == whole.to_dict()
     pairs = [(X[:1], torch.tensor([0])), (X[1:], torch.tensor([1]))]  # (inputs, targets) like a DataLoader
     assert measure_emergence(hand_mlp(), iter(pairs), mode=mode).to_dict() == whole.to_dict()
 
@@ -235,7 +235,7 @@ def test_forward_error_leaves_no_hooks_and_restores_state(untraceable):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match="boom"):
-            measure_emergence(net, [torch.randn(2, 3, 6, 6), torch.randn(3, 3, 6, 6)], training=True)
+            measure_emergence(net, iter([torch.randn(2, 3, 6, 6), torch.randn(3, 3, 6, 6)]), training=True)
     assert hooks_left(net) == 0 and net.training and net.bn.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
@@ -334,3 +334,49 @@ def test_on_graph_keyword_and_property_with_the_old_residual_names():
     assert measure_emergence(net, x, on_graph=True, residual=True).on_graph
     with pytest.raises(ValueError, match="old name"):
         measure_emergence(net, x, on_graph=True, residual=False)
+
+
+# ------------------------------------------------------------ inputs the library must not misread
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("untraceable", [False, True])
+def test_non_finite_inputs_are_an_error_naming_where_they_began(bad, untraceable):
+    from emergeinit.trace import NonFiniteError
+
+    net = HookedOnly() if untraceable else hand_mlp()
+    x = torch.randn(4, 5 if untraceable else 2)
+    x[1, 0] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fx fallback warning
+        with pytest.raises(NonFiniteError, match="input batch is not finite"):
+            measure_emergence(net, x)
+        with pytest.raises(NonFiniteError, match="input batch is not finite"):
+            measure_emergence(net, torch.full_like(x, float("nan")))  # all NaN once gave E = 0.0
+
+
+def test_a_weight_that_makes_nan_is_named():
+    from emergeinit.trace import NonFiniteError
+
+    net = hand_mlp()
+    with torch.no_grad():
+        net.fc2.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"layer 'fc2' are not finite \(first non-finite output: layer 'fc2'\)"):
+        measure_emergence(net, X)
+
+
+def test_a_pair_of_tensors_is_one_batch_never_two():
+    """(inputs, targets), as initialize reads it: the targets are ignored, whatever their shape."""
+    y = torch.tensor([0, 1])
+    for pair in [(X, y), [X, y], (X, None), (X, torch.randn(2, 7)), (X, X)]:
+        r = measure_emergence(hand_mlp(), pair, mode="mean")
+        assert r.samples == 2 and r.to_dict() == measure_emergence(hand_mlp(), X, mode="mean").to_dict()
+    three = measure_emergence(hand_mlp(), [X, X, X], mode="mean")  # not a pair: three batches
+    assert three.samples == 6
+    with pytest.raises(ValueError, match=r"a batch must be .* got tuple of length 3"):
+        measure_emergence(hand_mlp(), [(X, y, y)])
+
+
+def test_a_meta_model_is_refused_plainly():
+    net = hand_mlp().to("meta")
+    with pytest.raises(ValueError, match="meta device .*fc1.weight.*materialize"):
+        measure_emergence(net, X.to("meta"))

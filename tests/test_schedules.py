@@ -120,3 +120,29 @@ def test_auto_alpha_emergence_criterion_picks_the_largest_measured_e():
     assert a == 2.0
     with pytest.raises(ValueError, match="criterion"):
         auto_alpha(model, x, criterion="best")
+
+
+def test_auto_alpha_refuses_non_finite_inputs_and_reference():
+    from emergeinit.trace import NonFiniteError
+
+    x = torch.randn(8, 6)
+    x[3, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match="input batch is not finite"):
+        auto_alpha(_mlp(), x)  # once returned 1.0
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="at alpha = 1 .*first non-finite output: layer '2'"):
+        auto_alpha(model, torch.randn(8, 6))
+
+
+def test_auto_alpha_reads_a_pair_as_inputs_and_targets():
+    model, x = _mlp(), torch.randn(8, 6)
+    y = torch.randint(0, 3, (8,))
+    _, with_pair = auto_alpha(model, (x, y), grid=(2.0,), return_trials=True)
+    _, bare = auto_alpha(model, x, grid=(2.0,), return_trials=True)
+    assert with_pair == bare  # the targets are not a second input
+    with pytest.raises(ValueError, match="loss_fn needs targets"):
+        auto_alpha(model, x, loss_fn=torch.nn.functional.cross_entropy)
+    a = auto_alpha(model, (x, y), loss_fn=torch.nn.functional.cross_entropy, grid=(2.0,))
+    assert a in (1.0, 2.0)

@@ -22,7 +22,10 @@ from emergeinit.emergence import (
     LayerEdge, LayerGraph, LayerNode, Number, exact_pivot, layered_emergence, lemma_pivot,
 )
 from emergeinit.layers import WeightLayer, find_weight_layers, layer_by_module
-from emergeinit.trace import ELEMENTWISE_MODULES, FxLayers, forward_hooks, fx_or_warn, preserve_state, run_model
+from emergeinit.trace import (
+    ELEMENTWISE_MODULES, FxLayers, forward_hooks, fx_or_warn, iter_batches, nonfinite_error, preserve_state,
+    refuse_meta, run_model,
+)
 
 __all__ = [
     "measure_emergence", "layer_graph", "EmergenceReport", "LayerActivity", "Pivot",
@@ -191,7 +194,9 @@ class _Counts:
         t = self.tallies[index]
         self.pending[index] = _node_sums(x, t.kind, t.width, t.name)
 
-    def flush(self) -> None:
+    def flush(self) -> Optional[str]:
+        """Tally the pending values; returns the name of the first layer holding NaN/inf, or None."""
+        bad: List[int] = []
         groups: Dict[Tuple[int, torch.dtype, torch.device], List[int]] = {}
         for i, (v, _) in self.pending.items():
             groups.setdefault((v.shape[0], v.dtype, v.device), []).append(i)
@@ -203,6 +208,8 @@ class _Counts:
                                dtype=dtype, device=device)
             above = (values > cut).sum(0).cpu()
             total = values.sum(0, dtype=torch.float64).cpu()
+            if not bool(torch.isfinite(total).all()):  # a NaN/inf value makes its node's sum one
+                bad.extend(i for i, t in zip(idx, total.split(widths)) if not bool(torch.isfinite(t).all()))
             for i, size, a, t in zip(idx, sizes, above.split(widths), total.split(widths)):
                 tally = self.tallies[i]
                 t = t / size
@@ -213,37 +220,28 @@ class _Counts:
                     tally.total = tally.total + t  # type: ignore[operator]
                 tally.rows += rows
         self.pending.clear()
+        return self.tallies[min(bad)].name if bad else None
 
 
-def _batches(inputs: Any) -> Iterator[Any]:
-    if isinstance(inputs, (torch.Tensor, dict)):
-        yield inputs
-        return
-    if not hasattr(inputs, "__iter__"):
-        raise ValueError(f"inputs must be a tensor or an iterable of batches, got {type(inputs).__name__}")
-    yield from inputs
-
-
-def _model_input(batch: Any, device: Optional[torch.device]) -> Any:
-    """A tensor, a dict of keywords, or an (inputs, targets, ...) tuple: its first item."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("an empty batch")
-        batch = batch[0]
+def _on_device(inputs: Any, device: Optional[torch.device]) -> Any:
+    """A batch's inputs (a tensor or a dict of keywords) moved to the model's device."""
     move = (lambda t: t.to(device, non_blocking=True)) if device is not None else (lambda t: t)
-    if isinstance(batch, torch.Tensor):
-        return move(batch)
-    if isinstance(batch, dict):
-        return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    raise ValueError(f"a batch must be a tensor, a dict or an (inputs, targets) tuple, got {type(batch).__name__}")
+    if isinstance(inputs, torch.Tensor):
+        return move(inputs)
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def _run(model: nn.Module, inputs: Any, counts: _Counts) -> None:
+def _run(runner: nn.Module, model: nn.Module, inputs: Any, counts: _Counts) -> None:
+    """Run ``runner`` (the model, or its traced copy) on every batch of ``inputs`` and tally the
+    values it reports; non-finite values are a :class:`NonFiniteError` naming where they began."""
     device = next((p.device for p in model.parameters()), None)
     seen = 0
-    for batch in _batches(inputs):
-        run_model(model, _model_input(batch, device))
-        counts.flush()
+    for batch, _ in iter_batches(inputs):
+        x = _on_device(batch, device)
+        run_model(runner, x)
+        bad = counts.flush()
+        if bad is not None:
+            raise nonfinite_error(f"measure_emergence: the values of layer {bad!r} are not finite", model, x)
         seen += 1
     if seen == 0:
         raise ValueError("inputs yielded no batches")
@@ -251,11 +249,11 @@ def _run(model: nn.Module, inputs: Any, counts: _Counts) -> None:
 
 # ------------------------------------------------------------------------- two ways to read nodes
 
-def _count_traced(traced: FxLayers, counts: _Counts, inputs: Any) -> Tuple[LayerGraph, FrozenSet[str]]:
+def _count_traced(model: nn.Module, traced: FxLayers, counts: _Counts, inputs: Any) -> Tuple[LayerGraph, FrozenSet[str]]:
     """Run the fx-traced module with a tap on each layer node's value."""
     for node, read in zip(traced.graph.nodes, traced.reads):
         counts.add_layer(node.name, read.kind, node.width)
-    _run(traced.tapped(counts.record), inputs, counts)
+    _run(traced.tapped(counts.record), model, inputs, counts)
     return traced.graph, traced.probed
 
 
@@ -299,7 +297,7 @@ def _count_hooked(model: nn.Module, layers: Mapping[int, WeightLayer], counts: _
     elementwise = [m for m in model.modules() if id(m) not in layers and isinstance(m, ELEMENTWISE_MODULES)]
     with forward_hooks(weight_modules, post=on_layer), forward_hooks(elementwise, post=on_elementwise), \
             forward_hooks([model], post=done):
-        _run(model, inputs, counts)
+        _run(model, model, inputs, counts)
     keys = [k for k in index if k != "input"]
     if not include_output and keys:
         keys = keys[:-1]
@@ -360,8 +358,11 @@ def measure_emergence(
     training: bool = False,
     residual: Optional[bool] = None,
 ) -> EmergenceReport:
-    """The emergence E of ``model`` on ``inputs`` (a tensor, or an iterable of batches whose
-    counts accumulate; a batch may be a tensor, a dict of keywords, or an (inputs, targets) pair).
+    """The emergence E of ``model`` on ``inputs``: one batch, or an iterable of batches whose counts
+    accumulate. A batch is a tensor, a dict of keywords, or a pair ``(inputs, targets)`` (targets
+    ignored): ``(x, y)`` is one batch, never two (:func:`emergeinit.trace.is_batch`, the convention of
+    the whole library). NaN/inf in a layer's values is a :class:`~emergeinit.trace.NonFiniteError`
+    naming the first module whose output went bad; a model on the meta device is a ValueError.
 
     Nodes: the units of every Linear output and the channels of every Conv output (a channel's
     value for a sample is its spatial mean), read after the elementwise/normalization ops that
@@ -384,16 +385,17 @@ def measure_emergence(
         if on_graph is not None and on_graph != residual:
             raise ValueError("residual= is the old name of on_graph=: pass one of them")
         on_graph = residual
-    all_layers = find_weight_layers(model, order="registration")
-    layers = layer_by_module(model, all_layers)
+    refuse_meta(model, "measure_emergence")
     counts = _Counts(threshold)
     with preserve_state(model), torch.no_grad():
         model.train(training)  # before tracing: a forward may branch on self.training
+        all_layers = find_weight_layers(model, order="registration")
+        layers = layer_by_module(model, all_layers)
         traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
                             instead="measuring with forward hooks: functional activations and skip "
                                     "connections are not seen")
         if traced is not None:
-            graph, probed = _count_traced(traced, counts, inputs)
+            graph, probed = _count_traced(model, traced, counts, inputs)
         else:
             graph, probed = _count_hooked(model, layers, counts, inputs, include_input, include_output)
     skipped = tuple(l.key for l in all_layers if l.key not in probed)

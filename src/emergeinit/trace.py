@@ -1,6 +1,9 @@
 """Everything that runs or inspects a model, in one place.
 
-- running: :func:`run_model`, :func:`preserve_state` (modes and buffers restored), :func:`fork_rng`;
+- running: :func:`run_model`, :func:`preserve_state` (modes and buffers restored), :func:`fork_rng`,
+  :func:`refuse_meta` (a model without values says so before anything runs);
+- the one batch convention (:func:`is_batch`, :func:`split_batch`, :func:`iter_batches`);
+- non-finite diagnosis: :func:`first_nonfinite_layer`, :func:`nonfinite_error`, :func:`check_finite`;
 - the one forward-hook tracer, :func:`forward_hooks`, and what is built on it: :func:`call_order`;
 - input inference (:func:`infer_example_input`) and meta stand-ins (:func:`meta_stand_ins`), so a
   trace can run without real inputs or without arithmetic;
@@ -30,6 +33,16 @@ __all__ = [
     "run_model",
     "preserve_state",
     "fork_rng",
+    "refuse_meta",
+    "Batch",
+    "is_batch",
+    "split_batch",
+    "iter_batches",
+    "NonFiniteError",
+    "has_nonfinite",
+    "first_nonfinite_layer",
+    "nonfinite_error",
+    "check_finite",
     "forward_hooks",
     "call_order",
     "candidate_inputs",
@@ -94,11 +107,124 @@ def fork_rng(model: nn.Module) -> Any:
     return torch.random.fork_rng(devices=sorted({p.get_device() for p in model.parameters() if p.is_cuda}))
 
 
+def refuse_meta(model: nn.Module, what: str) -> None:
+    """A ValueError when ``model`` holds meta tensors: ``what`` (e.g. "measure_emergence") needs
+    weights with values, and torch's own error ("Cannot copy out of meta tensor") says too little."""
+    on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if on_meta:
+        raise ValueError(
+            f"{what} needs weights with values, but {type(model).__name__} has {len(on_meta)} tensors on "
+            f"the meta device ({', '.join(on_meta[:3])}{', ...' if len(on_meta) > 3 else ''}): "
+            "materialize it first (model.to_empty(device=...), then an init)"
+        )
+
+
 @contextmanager
 def _eval_without_grad(model: nn.Module) -> Iterator[None]:
     with preserve_state(model), torch.no_grad():
         model.eval()
         yield
+
+
+# ------------------------------------------------------------------------------------- batches
+
+Batch = Tuple[Any, Optional[torch.Tensor]]
+"""``(inputs, targets)``: inputs a tensor or a dict of keywords, targets a tensor or None."""
+
+
+def is_batch(data: Any) -> bool:
+    """One batch, by the library's one convention: a tensor, a dict of keywords, or a pair
+    ``(inputs, targets)`` (tuple or list, as a DataLoader yields it) whose inputs are a tensor or a
+    dict and whose targets are a tensor or None. Anything else is read as an iterable of batches."""
+    if isinstance(data, (torch.Tensor, dict)):
+        return True
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[0], (torch.Tensor, dict))
+        and (data[1] is None or isinstance(data[1], torch.Tensor))
+    )
+
+
+def split_batch(batch: Any) -> Batch:
+    """``(inputs, targets)`` of one batch (targets None for a bare input); a ValueError otherwise."""
+    if not is_batch(batch):
+        got = type(batch).__name__ + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        raise ValueError(
+            f"a batch must be a tensor, a dict of keywords or a pair (inputs, targets), got {got}"
+        )
+    if isinstance(batch, (torch.Tensor, dict)):
+        return batch, None
+    return batch[0], batch[1]
+
+
+def iter_batches(data: Any) -> Iterator[Batch]:
+    """``data`` as ``(inputs, targets)`` batches: one batch (:func:`is_batch`: a pair of tensors is
+    one batch, never two), or an iterable of batches (a DataLoader, a generator, a list)."""
+    if is_batch(data):
+        yield split_batch(data)
+        return
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise ValueError(f"expected a batch or an iterable of batches, got {type(data).__name__}")
+    for batch in data:
+        yield split_batch(batch)
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+class NonFiniteError(FloatingPointError):
+    """A loss, a layer's values or a gradient is NaN/inf; the message names the first layer whose
+    output went bad (or the input)."""
+
+
+def has_nonfinite(value: Any) -> bool:
+    """Whether a floating-point tensor in ``value`` (tuples, lists and dicts searched) holds NaN/inf."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not bool(torch.isfinite(value).all())
+    if isinstance(value, (tuple, list)):
+        return any(has_nonfinite(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_nonfinite(v) for v in value.values())
+    return False
+
+
+def first_nonfinite_layer(model: nn.Module, x: Any) -> Optional[str]:
+    """Name of the first leaf module (in execution order) whose output holds NaN/inf on ``x`` (one
+    forward, no grad, in the model's current mode); ``"<input>"`` when the input already does; None
+    when none does."""
+    if has_nonfinite(x):
+        return "<input>"
+    names = {id(m): n for n, m in model.named_modules()}
+    found: List[str] = []
+
+    def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        if not found and has_nonfinite(output):
+            found.append(names[id(module)] or type(module).__name__)
+
+    leaves = [m for m in model.modules() if not list(m.children())] or [model]
+    with forward_hooks(leaves, post=hook), torch.no_grad():
+        run_model(model, x)
+    return found[0] if found else None
+
+
+def nonfinite_error(what: str, model: nn.Module, x: Any) -> NonFiniteError:
+    """The error for ``what`` (a sentence: "gradinit: the loss at the start is nan"), with where the
+    values first went bad when ``model`` runs on ``x``."""
+    layer = first_nonfinite_layer(model, x)
+    where = (
+        "the input batch is not finite" if layer == "<input>"
+        else f"first non-finite output: layer {layer!r}" if layer
+        else "every layer output is finite: the loss function or the backward pass made it"
+    )
+    return NonFiniteError(f"{what} ({where})")
+
+
+def check_finite(value: torch.Tensor, what: str, model: nn.Module, x: Any) -> None:
+    """Raise :func:`nonfinite_error` when ``value`` holds NaN/inf (``what`` names it: "the loss")."""
+    value = value.detach()
+    bad = value[~torch.isfinite(value)]
+    if bad.numel():
+        raise nonfinite_error(f"{what} is {bad.flatten()[0].item()}", model, x)
 
 
 # ------------------------------------------------------------------------------ the hook tracer

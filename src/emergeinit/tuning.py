@@ -20,7 +20,10 @@ from emergeinit.init import emergence_init_
 from emergeinit.layers import WeightLayer, find_weight_layers
 from emergeinit.probe import measure_emergence
 from emergeinit.schedules import positive_number
-from emergeinit.trace import fork_rng, forward_hooks, preserve_state, run_model
+from emergeinit.trace import (
+    NonFiniteError, check_finite, fork_rng, forward_hooks, has_nonfinite, nonfinite_error, preserve_state,
+    refuse_meta, run_model, split_batch,
+)
 
 __all__ = ["auto_alpha", "DEFAULT_GRID", "layerwise_lr_groups", "input_grad_norms"]
 
@@ -30,22 +33,21 @@ __all__ = ["auto_alpha", "DEFAULT_GRID", "layerwise_lr_groups", "input_grad_norm
 DEFAULT_GRID: Tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
-def _probe(model: nn.Module, batch: Any, loss_fn: Optional[Callable]) -> Tuple[float, float]:
-    """(output RMS, gradient norm over all parameters) of one forward/backward on ``batch``."""
+def _probe(model: nn.Module, inputs: Any, targets: Any,
+           loss_fn: Optional[Callable]) -> Tuple[float, float, torch.Tensor]:
+    """(output RMS, gradient norm over all parameters, loss) of one forward/backward."""
+    out = run_model(model, inputs)
     if loss_fn is None:
-        out = run_model(model, batch)
         out = out[0] if isinstance(out, (tuple, list)) else out
         loss = 0.5 * out.float().pow(2).mean()
     else:
-        inputs, targets = batch
-        out = run_model(model, inputs)
         loss = loss_fn(out, targets)
         out = out[0] if isinstance(out, (tuple, list)) else out
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     gnorm = math.sqrt(sum(float(g.detach().double().pow(2).sum()) for g in grads if g is not None))
     rms = float(out.detach().double().pow(2).mean().sqrt())
-    return rms, gnorm
+    return rms, gnorm, loss.detach()
 
 
 def auto_alpha(
@@ -70,8 +72,11 @@ def auto_alpha(
     ``"emergence"`` returns the admissible α with the largest measured emergence
     (``measure``, default ``emergeinit.measure_emergence``: called as ``measure(model, inputs,
     threshold=...)``, its result's ``.log10`` is compared). α = 1 is always admissible.
-    ``batch`` is the model input, or ``(inputs, targets)`` when ``loss_fn(output, targets)`` is given
-    (otherwise the loss is ½·mean(output²)). ``return_trials=True`` also returns one dict per α.
+    ``batch`` is one batch (:func:`emergeinit.trace.is_batch`): the model input, or ``(inputs,
+    targets)``; ``loss_fn(output, targets)`` needs the targets (without it the loss is
+    ½·mean(output²)). ``return_trials=True`` also returns one dict per α. NaN/inf at α = 1 (in the
+    batch, the output, the loss or the gradient) is a :class:`~emergeinit.trace.NonFiniteError`
+    naming the first bad layer; at other α it only makes that α inadmissible.
     """
     if criterion not in ("largest", "emergence"):
         raise ValueError(f"unknown criterion {criterion!r}: use 'largest' or 'emergence'")
@@ -80,7 +85,12 @@ def auto_alpha(
         raise ValueError(f"tolerance must be >= 1, got {tolerance}")
     alphas = sorted({positive_number(a, "grid value") for a in grid} | {1.0})
     init_kwargs.setdefault("base", None)
-    example = batch if loss_fn is None else batch[0]
+    example, targets = split_batch(batch)
+    if loss_fn is not None and targets is None:
+        raise ValueError("auto_alpha: loss_fn needs targets: pass batch=(inputs, targets)")
+    refuse_meta(model, "auto_alpha")
+    if has_nonfinite(example):
+        raise NonFiniteError("auto_alpha: the input batch is not finite")
     trials: List[Dict[str, float]] = []
     with fork_rng(model):
         for a in alphas:
@@ -88,12 +98,21 @@ def auto_alpha(
             twin = copy.deepcopy(model)
             emergence_init_(twin, alpha=a, example_input=example, **init_kwargs)
             with preserve_state(twin):
-                rms, gnorm = _probe(twin, batch, loss_fn)
+                rms, gnorm, loss = _probe(twin, example, targets, loss_fn)
+                if a == 1.0 and not all(map(math.isfinite, (rms, gnorm, float(loss)))):
+                    raise nonfinite_error(
+                        f"auto_alpha: at alpha = 1 the output RMS, the loss or the gradient norm is not "
+                        f"finite (RMS {rms}, loss {float(loss)}, gradient norm {gnorm})", twin, example)
             trial = {"alpha": a, "output_rms": rms, "grad_norm": gnorm}
             if criterion == "emergence":
                 kw = {} if threshold is None else {"threshold": threshold}
-                with torch.no_grad():
-                    trial["log10_emergence"] = float((measure or measure_emergence)(twin, example, **kw).log10)
+                try:
+                    with torch.no_grad():
+                        trial["log10_emergence"] = float((measure or measure_emergence)(twin, example, **kw).log10)
+                except NonFiniteError:
+                    if a == 1.0:
+                        raise
+                    trial["log10_emergence"] = -math.inf  # a layer overflowed: this α is ranked last
             trials.append(trial)
     ref = next(t for t in trials if t["alpha"] == 1.0)
 
@@ -124,6 +143,13 @@ def _first_tensor(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
     return None
 
 
+def _with_targets(batch: Any, what: str) -> Tuple[Any, torch.Tensor]:
+    inputs, targets = split_batch(batch)
+    if targets is None:
+        raise ValueError(f"{what} needs targets: pass batch=(inputs, targets)")
+    return inputs, targets
+
+
 def input_grad_norms(
     model: nn.Module,
     loss_fn: Callable[[Any, Any], torch.Tensor],
@@ -137,8 +163,10 @@ def input_grad_norms(
 
     ``batch`` is ``(inputs, targets)``; the loss is ``loss_fn(model(inputs), targets)``. The model's
     parameters, ``.grad`` fields, buffers, modes and the global random state are left as they were.
+    A non-finite loss or input gradient is a :class:`~emergeinit.trace.NonFiniteError`.
     """
-    inputs, targets = batch
+    inputs, targets = _with_targets(batch, "input_grad_norms")
+    refuse_meta(model, "input_grad_norms")
     if layers is None:
         layers = find_weight_layers(model, inputs)
     by_module: Dict[int, List[str]] = {}
@@ -167,12 +195,16 @@ def input_grad_norms(
     with preserve_state(model), fork_rng(model), torch.enable_grad(), forward_hooks(hooked, pre=hook):
         model.train(train)
         loss = loss_fn(run_model(model, grad_ready(inputs)), targets)
+        check_finite(loss, "input_grad_norms: the loss", model, inputs)
         flat = [(k, x) for k, xs in seen.items() for x in xs]
         grads = torch.autograd.grad(loss, [x for _, x in flat], allow_unused=True) if flat else ()
     sq: Dict[str, float] = {}
     for (key, _), g in zip(flat, grads):
         if g is not None:
             sq[key] = sq.get(key, 0.0) + float(g.detach().double().pow(2).sum())
+    bad = [f"{l.key} ({math.sqrt(sq[l.key])})" for l in layers if l.key in sq and not math.isfinite(sq[l.key])]
+    if bad:
+        raise NonFiniteError(f"input_grad_norms: the input gradient of {', '.join(bad)} is not finite (the loss is finite)")
     return {l.key: (math.sqrt(sq[l.key]) if l.key in sq else None) for l in layers}
 
 
@@ -197,7 +229,7 @@ def layerwise_lr_groups(
     every group. ``batch`` is ``(inputs, targets)``; the model is left unchanged.
     """
     base_lr = positive_number(base_lr, "base_lr")
-    inputs = batch[0]
+    inputs, _ = _with_targets(batch, "layerwise_lr_groups")
     layers = find_weight_layers(model, inputs if example_input is None else example_input)
     norms = input_grad_norms(model, loss_fn, batch, layers=layers, train=train)
     inv: Dict[str, float] = {}  # 1/‖∇x_l L‖, unobserved layers copying the layer before

@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict
 
 from torch import nn
 
-from emergeinit.baselines._common import NonFiniteError
 from emergeinit.baselines.gradinit import GRADINIT_LR, gradinit_, gradinit_objective
 from emergeinit.baselines.kaiming import kaiming_init_
 from emergeinit.baselines.lsuv import lsuv_init_
@@ -22,6 +21,7 @@ from emergeinit.baselines.metainit import gradient_quotient, metainit_
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.baselines.xavier import xavier_init_
 from emergeinit.init import emergence_init_, tfixup_init_
+from emergeinit.trace import NonFiniteError
 
 __all__ = [
     "initialize",

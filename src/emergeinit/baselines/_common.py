@@ -1,9 +1,10 @@
-"""What the baselines share: batch streams, non-finite diagnosis, searches through
+"""What the baselines share: batch streams, searches through
 ``torch.func.functional_call`` on scaled copies of the parameters, and redraws of every weight layer.
 
 ``data`` is one batch ``(x, y)`` (or a bare input ``x`` where labels are not needed) or any
-iterable of such batches (a DataLoader, a list). Methods cycle through it for as many
-iterations as they run; a one-shot iterator is replayed from the batches it already gave.
+iterable of such batches (a DataLoader, a list): the library's one convention,
+:func:`emergeinit.trace.is_batch`. Methods cycle through it for as many iterations as they run; a
+one-shot iterator is replayed from the batches it already gave.
 """
 
 from __future__ import annotations
@@ -17,16 +18,12 @@ from torch import nn
 from torch.func import functional_call
 
 from emergeinit.layers import WeightLayer, find_weight_layers
-from emergeinit.trace import forward_hooks, run_model
+from emergeinit.trace import Batch, is_batch, split_batch
 
 __all__ = [
-    "Batch",
     "LossFn",
-    "NonFiniteError",
     "batch_stream",
     "to_device",
-    "first_nonfinite_layer",
-    "check_finite",
     "default_loss",
     "bn_batch_stats_mode",
     "placement",
@@ -42,35 +39,7 @@ __all__ = [
 
 # ------------------------------------------------------------------------------------- batches
 
-Batch = Tuple[Any, Optional[torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss or a layer output is NaN/inf; the message names the first layer that went bad."""
-
-
-def _is_batch(data: Any) -> bool:
-    """One batch: a tensor, a dict of keywords, or (inputs, targets) with tensor/dict inputs."""
-    if isinstance(data, (torch.Tensor, dict)):
-        return True
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and isinstance(data[0], (torch.Tensor, dict))
-        and (data[1] is None or isinstance(data[1], torch.Tensor))
-    )
-
-
-def _split(batch: Any) -> Batch:
-    if isinstance(batch, (torch.Tensor, dict)):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise ValueError(
-        f"a batch must be (inputs, targets) or a bare input tensor, got {type(batch).__name__}"
-        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-    )
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -94,8 +63,8 @@ def batch_stream(data: Any, method: str, *, device: torch.device, need_targets: 
         raise ValueError(
             f"{method} is data-dependent: pass data=(inputs, targets) or an iterable of batches"
         )
-    if _is_batch(data):
-        first = _split(data)
+    if is_batch(data):
+        first = split_batch(data)
         source = None
     else:
         try:
@@ -106,7 +75,7 @@ def batch_stream(data: Any, method: str, *, device: torch.device, need_targets: 
                 f"got {type(data).__name__}"
             ) from None
         try:
-            first = _split(next(source))
+            first = split_batch(next(source))
         except StopIteration:
             raise ValueError(f"{method}: data is an empty iterable (no batch to initialize on)") from None
     if need_targets and first[1] is None:
@@ -128,7 +97,7 @@ def _cycle(data: Any, source: Optional[Iterator], first: Batch, device: torch.de
                 seen.append(current)
             yield to_device(current[0], device), to_device(current[1], device)
             try:
-                current = _split(next(source))
+                current = split_batch(next(source))
             except StopIteration:
                 current = None
         if replay:
@@ -137,50 +106,9 @@ def _cycle(data: Any, source: Optional[Iterator], first: Batch, device: torch.de
                     yield to_device(x, device), to_device(y, device)
         source = iter(data)
         try:
-            current = _split(next(source))
+            current = split_batch(next(source))
         except StopIteration:  # a re-iterable that came back empty
             raise ValueError("data gave no batch on its second pass") from None
-
-
-def _has_nonfinite(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.is_floating_point() and not bool(torch.isfinite(value).all())
-    if isinstance(value, (tuple, list)):
-        return any(_has_nonfinite(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_nonfinite(v) for v in value.values())
-    return False
-
-
-def first_nonfinite_layer(model: nn.Module, x: Any) -> Optional[str]:
-    """Name of the first leaf module (in execution order) whose output holds NaN/inf on ``x``;
-    ``"<input>"`` when the input already does; None when none does."""
-    if _has_nonfinite(x):
-        return "<input>"
-    names = {id(m): n for n, m in model.named_modules()}
-    found: List[str] = []
-
-    def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if not found and _has_nonfinite(output):
-            found.append(names[id(module)] or type(module).__name__)
-
-    leaves = [m for m in model.modules() if not list(m.children())] or [model]
-    with forward_hooks(leaves, post=hook), torch.no_grad():
-        run_model(model, x)
-    return found[0] if found else None
-
-
-def check_finite(value: torch.Tensor, what: str, method: str, model: nn.Module, x: Any) -> None:
-    """Raise :class:`NonFiniteError` naming the first bad layer when ``value`` is not finite."""
-    if bool(torch.isfinite(value.detach()).all()):
-        return
-    layer = first_nonfinite_layer(model, x)
-    where = (
-        "the input batch is not finite" if layer == "<input>"
-        else f"first non-finite output: layer {layer!r}" if layer
-        else "every layer output is finite: the loss function itself returned it"
-    )
-    raise NonFiniteError(f"{method}: {what} is {value.detach().flatten()[0].item()} ({where})")
 
 
 def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    Batch, LossFn, NonFiniteError, batch_on, batch_stream, bn_batch_stats_mode, call_with, check_finite,
-    default_loss, free_params, placement, rescale_, scaled_params,
+    LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss, free_params, placement,
+    rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.trace import preserve_state
+from emergeinit.trace import Batch, NonFiniteError, check_finite, preserve_state
 
 __all__ = ["gradinit_", "gradinit_objective", "GRADINIT_LR", "GRADINIT_DEFAULT_LR"]
 
@@ -180,7 +180,7 @@ def gradinit_(
                 params = scaled_params(base, scaled, s_)
                 loss = loss_fn(call_with(model, params, x), y)
                 if it == 0:
-                    check_finite(loss, "the loss at the start", "gradinit", model, x)
+                    check_finite(loss, "gradinit: the loss at the start", model, x)
                 grads = _grads(loss, params)
                 meter.count_backward()
                 gnorm, direction = _step_direction(grads, alg, normalize_grad)

@@ -17,10 +17,10 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from emergeinit.baselines._common import NonFiniteError, batch_stream, bn_batch_stats_mode, first_nonfinite_layer
+from emergeinit.baselines._common import batch_stream, bn_batch_stats_mode
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.layers import WeightLayer, find_weight_layers
-from emergeinit.trace import forward_hooks, preserve_state, run_model
+from emergeinit.trace import check_finite, forward_hooks, preserve_state, run_model
 
 __all__ = ["lsuv_init_", "orthonormal_"]
 
@@ -99,12 +99,7 @@ def lsuv_init_(
                         var = _measure(model, layer.module, x)
                     except LookupError:
                         break
-                    if not bool(torch.isfinite(var)):
-                        bad = first_nonfinite_layer(model, x) or layer.name
-                        raise NonFiniteError(
-                            f"lsuv: output variance of {layer.name!r} is {var.item()} "
-                            f"(first non-finite output: layer {bad!r})"
-                        )
+                    check_finite(var, f"lsuv: the output variance of {layer.name!r}", model, x)
                     variances.append(float(var))
                     if abs(float(var) - target_var) < tol:
                         converged = True

@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LossFn, NonFiniteError, batch_on, batch_stream, call_with, check_finite, default_loss, free_params,
-    placement, rescale_, scaled_params,
+    LossFn, batch_on, batch_stream, call_with, default_loss, free_params, placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.trace import infer_example_input, preserve_state
+from emergeinit.trace import NonFiniteError, check_finite, infer_example_input, preserve_state
 
 __all__ = ["metainit_", "gradient_quotient"]
 
@@ -119,7 +118,7 @@ def metainit_(
                     y = torch.randint(0, out.shape[-1], (out.shape[0],), device=device)
                 loss = loss_fn(out, y)
                 if step == 0:
-                    check_finite(loss, "the loss at the start", "metainit", model, x)
+                    check_finite(loss, "metainit: the loss at the start", model, x)
                 gq = _quotient(loss, list(params.values()), eps, meter)
                 if not bool(torch.isfinite(gq)):
                     raise NonFiniteError(f"metainit: the gradient quotient is {gq.item()} at step {step}")
