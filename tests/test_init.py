@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -420,3 +421,52 @@ def test_meta_and_real_traces_agree_and_restore_the_parameters(builder):
     assert all(p is params[n] and p.device.type == "cpu" for n, p in model.named_parameters())
     with pytest.raises(ValueError, match="unknown trace"):
         ei.plan_emergence(model, alpha=2.0, trace="fx")
+
+
+# ------------------------------------------------------------------------- low-precision underflow
+
+def _tiny_share(w):
+    return float((w.float().abs() < torch.finfo(w.dtype).tiny).float().mean())
+
+
+def test_fp16_init_that_leaves_most_weights_subnormal_is_refused():
+    """Layer 0 ÷1e4: its largest weight fits fp16, but 66% of its weights would not."""
+    model = mlp(3, bias=True, dtype=torch.float16)
+    snap = snapshot(model)
+    expected = math.erf(torch.finfo(torch.float16).tiny / (math.sqrt(2 / 5) * 1e-4 * math.sqrt(2)))
+    with pytest.raises(ValueError, match=rf"0\.weight by 0\.0001 leaves {expected:.1%} of its values "
+                                         r"subnormal or zero in torch.float16 .*refused above 50%"):
+        ei.emergence_init_(model, alpha=1e4, schedule="normalized", example_input=torch.randn(2, 5, dtype=torch.float16))
+    assert unchanged(model, snap)
+
+
+def test_fp16_init_that_leaves_some_weights_subnormal_warns_with_the_share():
+    from emergeinit.init import UnderflowWarning
+
+    model = mlp(3, dtype=torch.float16, width=200)
+    x = torch.randn(2, 5, dtype=torch.float16)
+    expected = math.erf(torch.finfo(torch.float16).tiny / (math.sqrt(2 / 5) / 1300 * math.sqrt(2)))
+    assert 0.05 < expected < 0.2
+    torch.manual_seed(0)
+    with pytest.warns(UnderflowWarning, match=rf"0\.weight .* leaves {expected:.1%} of its values subnormal") as seen:
+        ei.emergence_init_(model, alpha=1300.0, schedule="normalized", example_input=x)
+    assert len(seen) == 1  # the other layers are scaled up
+    assert _tiny_share(model[0].weight) == pytest.approx(expected, abs=0.05)  # 1000 draws
+    for dtype in (torch.bfloat16, torch.float32):  # same init, wide exponent range: silent
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ei.emergence_init_(mlp(3, dtype=dtype, width=200), alpha=1300.0, schedule="normalized",
+                               example_input=x.to(dtype))
+
+
+def test_measured_underflow_share_without_base():
+    from emergeinit.init import UnderflowWarning
+
+    model = mlp(2, dtype=torch.float16)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[:3].fill_(1e-3)  # 15 of 60 weights; × 1/100 = 1e-5 < 6.1e-5
+        model[0].weight[3, 0] = 0.0  # a zero stays zero: not counted
+    with pytest.warns(UnderflowWarning, match=r"0\.weight by 0\.01 leaves 25\.0% of its values"):
+        ei.emergence_init_(model, alpha=100.0, schedule="normalized", base=None, example_input=torch.randn(2, 5).half())
+    assert _tiny_share(model[0].weight) == pytest.approx(16 / 60)  # the 15, and the zero

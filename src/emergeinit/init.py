@@ -20,6 +20,7 @@ scaled once materialized::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,6 +41,9 @@ __all__ = [
     "xavier_uniform_",
     "BaseInit",
     "BASES",
+    "UnderflowWarning",
+    "UNDERFLOW_WARN",
+    "UNDERFLOW_REFUSE",
     "apply_plan_",
     "emergence_init_",
     "tfixup_init_",
@@ -69,6 +73,12 @@ class Draw:
     def peak(self) -> float:
         """The largest magnitude the draw gives at factor 1 (normal: ``NORMAL_BOUND`` σ)."""
         return self.scale * (NORMAL_BOUND if self.distribution == "normal" else 1.0)
+
+    def share_below(self, limit: float) -> float:
+        """The expected share of drawn values whose magnitude is below ``limit`` (at factor 1)."""
+        if self.distribution == "normal":
+            return math.erf(limit / (self.scale * math.sqrt(2.0)))
+        return min(1.0, limit / self.scale)
 
     def draw_(self, tensor: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
         """Fill ``tensor`` in place, the factor folded into the distribution's parameters."""
@@ -188,8 +198,21 @@ class _Write:
 Pieces = Callable[[PlannedLayer, torch.Tensor], List[Tuple[torch.Tensor, Draw]]]
 
 
-def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float]) -> None:
-    """Raise unless ``factor`` and the largest scaled weight ``peak·factor`` fit ``w``'s dtype."""
+class UnderflowWarning(UserWarning):
+    """Some of a tensor's scaled values would leave the dtype's normal range (subnormal or zero)."""
+
+
+UNDERFLOW_WARN = 0.01
+"""A share of a tensor's values, above which an init that leaves them subnormal or zero warns."""
+UNDERFLOW_REFUSE = 0.5
+"""A share above which it is refused: the typical value of the tensor would be subnormal."""
+
+
+def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float],
+                 underflow: Optional[float] = None) -> None:
+    """Raise unless ``factor`` and the largest scaled weight ``peak·factor`` fit ``w``'s dtype, and
+    unless the ``underflow`` share of the scaled values (below the smallest normal number) is at
+    most :data:`UNDERFLOW_REFUSE`; warn above :data:`UNDERFLOW_WARN`."""
     if not w.is_floating_point():
         raise ValueError(f"{key} is not a floating-point tensor ({w.dtype})")
     info = torch.finfo(w.dtype)
@@ -198,19 +221,24 @@ def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float]
         raise ValueError(f"factor {factor:.6g} of {key} overflows {w.dtype} (max {info.max:.6g})")
     if as_dtype == 0.0:
         raise ValueError(f"factor {factor:.6g} of {key} underflows to zero in {w.dtype}")
-    if not peak:
-        return
-    scaled = peak * factor
-    if not scaled < info.max:
-        raise ValueError(
-            f"scaling {key} by {factor:.6g} overflows {w.dtype}: its largest weight would be "
-            f"{scaled:.6g} > {info.max:.6g}"
-        )
-    if scaled < info.tiny:
-        raise ValueError(
-            f"scaling {key} by {factor:.6g} underflows {w.dtype}: its largest weight would be "
-            f"{scaled:.6g} < {info.tiny:.6g}"
-        )
+    if peak:
+        scaled = peak * factor
+        if not scaled < info.max:
+            raise ValueError(
+                f"scaling {key} by {factor:.6g} overflows {w.dtype}: its largest weight would be "
+                f"{scaled:.6g} > {info.max:.6g}"
+            )
+        if scaled < info.tiny:
+            raise ValueError(
+                f"scaling {key} by {factor:.6g} underflows {w.dtype}: its largest weight would be "
+                f"{scaled:.6g} < {info.tiny:.6g}"
+            )
+    if underflow is not None and underflow > UNDERFLOW_WARN:
+        what = (f"scaling {key} by {factor:.6g} leaves {underflow:.1%} of its values subnormal or zero in "
+                f"{w.dtype} (below {info.tiny:.3g})")
+        if underflow > UNDERFLOW_REFUSE:
+            raise ValueError(f"{what}: refused above {UNDERFLOW_REFUSE:.0%}; use a smaller alpha or a wider dtype")
+        warnings.warn(f"{what}: they lose precision", UnderflowWarning, stacklevel=4)
 
 
 def _measured_peak(t: torch.Tensor) -> Optional[float]:
@@ -218,6 +246,21 @@ def _measured_peak(t: torch.Tensor) -> Optional[float]:
     if t.device.type == "meta":
         return None
     return float(t.detach().abs().max()) if t.numel() else 0.0
+
+
+def _drawn_underflow(draws: Sequence[Tuple[torch.Tensor, "Draw"]], factor: float, tiny: float) -> float:
+    """The expected share of the drawn values (× factor) below ``tiny``, over all pieces."""
+    total = sum(view.numel() for view, _ in draws)
+    return sum(view.numel() * d.share_below(tiny / factor) for view, d in draws) / max(total, 1)
+
+
+def _measured_underflow(t: torch.Tensor, factor: float) -> Optional[float]:
+    """The share of ``t``'s nonzero values that ``factor`` < 1 would take below the dtype's smallest
+    normal number (None on the meta device, or when nothing can newly underflow)."""
+    if factor >= 1.0 or t.device.type == "meta" or not t.numel() or not t.is_floating_point():
+        return None
+    a = t.detach().abs()
+    return float(((a > 0) & (a < torch.finfo(t.dtype).tiny / factor)).sum()) / t.numel()
 
 
 def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, scale_bias: bool) -> List[_Write]:
@@ -241,13 +284,15 @@ def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, s
             bias = bias[l.rows[0]:l.rows[1]]
         draws = pieces(l, target)
         if draws:
-            _check_range(l.key, w, l.factor, max(d.peak for _, d in draws))
+            tiny = torch.finfo(w.dtype).tiny if w.is_floating_point() else 0.0
+            _check_range(l.key, w, l.factor, max(d.peak for _, d in draws), _drawn_underflow(draws, l.factor, tiny))
         else:
-            _check_range(l.key, w, l.factor, None if l.factor == 1.0 else _measured_peak(target))
+            _check_range(l.key, w, l.factor, None if l.factor == 1.0 else _measured_peak(target),
+                         _measured_underflow(target, l.factor))
             bias = bias if scale_bias and l.factor != 1.0 else None
             bias_peak = _measured_peak(bias) if bias is not None else None
             if bias_peak:  # a bias all zeros (or on meta) cannot leave the range
-                _check_range(str(l.bias_key), bias, l.factor, bias_peak)
+                _check_range(str(l.bias_key), bias, l.factor, bias_peak, _measured_underflow(bias, l.factor))
         writes.append(_Write(l.factor, target, draws, bias))
     return writes
 
