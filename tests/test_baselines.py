@@ -11,7 +11,7 @@ from torch import nn
 
 import emergeinit as ei
 from emergeinit.baselines import (
-    METHODS, NonFiniteError, gradient_quotient, gradinit_, gradinit_objective, kaiming_init_,
+    METHODS, NonFiniteError, check_options, gradient_quotient, gradinit_, gradinit_objective, kaiming_init_,
     lsuv_init_, metainit_, xavier_init_,
 )
 
@@ -428,3 +428,72 @@ def test_a_meta_model_is_refused_plainly(method):
     options = {"emergence": {"alpha": 2.0}, "kaiming": {}, "xavier": {}}.get(method, {"data": mlp_batch()})
     with pytest.raises(ValueError, match=r"initialize\(\.\.\., '\w+'\) needs weights with values.*meta device"):
         ei.initialize(model, method, **options)
+
+
+# ------------------------------------------------------------------- options checked up front
+
+BAD_OPTIONS = [
+    ("lsuv", dict(target_var=0.0), "target_var must be a positive"),  # once zeroed layer 0, "converged"
+    ("lsuv", dict(target_var=-1.0), "target_var"),
+    ("lsuv", dict(tol=0.0), "tol must be a positive"),
+    ("lsuv", dict(max_iters=2.5), "max_iters must be an integer >= 0"),
+    ("lsuv", dict(orthonormal="no"), "orthonormal must be True or False"),
+    ("kaiming", dict(nonlinearity="swish"), "nonlinearity must be one of"),
+    ("kaiming", dict(classifier_std=-0.01), "classifier_std must be None or a finite number >= 0"),
+    ("kaiming", dict(zero_bias="false"), "zero_bias must be True or False"),
+    ("xavier", dict(gain=0.0), "gain must be a positive finite number or a nonlinearity name"),
+    ("xavier", dict(gain=float("nan")), "gain"),
+    ("metainit", dict(lr=-0.1), "lr must be a positive"),
+    ("metainit", dict(momentum=1.0), r"momentum must be a number in \[0, 1\)"),
+    ("metainit", dict(steps=0), "steps must be an integer >= 1"),
+    ("metainit", dict(min_scale=2.0), r"min_scale must be a number in \[0, 1\]"),
+    ("gradinit", dict(eta=0.0), "eta must be a positive"),
+    ("gradinit", dict(gamma=float("nan")), "gamma must be a number >= 0"),
+    ("gradinit", dict(betas=(0.9, 1.0)), "betas must be a pair"),
+    ("gradinit", dict(arch="vgg11"), "arch must be None or one of 'vgg19'"),
+    ("gradinit", dict(iters=True), "iters must be an integer >= 1"),
+    ("emergence", dict(alpha=0.0), "alpha must be a positive"),
+    ("emergence", dict(alpha=2.0, scale_bias="false"), "scale_bias must be True or False"),
+    ("emergence", dict(alpha=2.0, order="random"), "unknown order"),
+]
+
+
+@pytest.mark.parametrize("method, options, match", BAD_OPTIONS)
+def test_nonsense_options_are_refused_before_any_change(method, options, match):
+    x, y = mlp_batch()
+    model = mlp()
+    saved = snapshot(model)
+    data = {"data": (x, y)} if method in ("metainit", "gradinit", "lsuv") else {}
+    with pytest.raises(ValueError, match=match):
+        ei.initialize(model, method, **data, **options)
+    assert same_state(model, saved)
+    with pytest.raises(ValueError, match=match):  # the same check without a model, as a grid runs it
+        check_options(method, options)
+
+
+def test_lsuv_target_var_zero_no_longer_zeroes_the_first_layer():
+    model = mlp()
+    with pytest.raises(ValueError):
+        lsuv_init_(model, mlp_batch(), target_var=0.0)
+    assert model[0].weight.abs().max() > 0
+
+
+@pytest.mark.parametrize("method, options, match", [
+    ("emergence", dict(alpah=3.0, alpha=2.0), r"unknown option 'alpah'"),
+    ("emergence", dict(schedule="normalized"), "missing a required argument: 'alpha'"),
+    ("lsuv", dict(target_variance=1.0), "unexpected keyword argument 'target_variance'"),
+    ("tfixup", dict(beta_dec=2.0), "unexpected keyword argument 'beta_dec'"),
+])
+def test_unknown_option_names_are_type_errors(method, options, match):
+    with pytest.raises(TypeError, match=match):
+        check_options(method, options)
+
+
+def test_good_options_pass_the_check_and_defaults_too():
+    for method in METHODS:
+        check_options(method, {"alpha": 2.0} if method == "emergence" else {})
+    check_options("gradinit", dict(gamma=math.inf, lr=1e-2, betas=[0.5, 0.9]))
+    check_options("emergence", dict(alpha=5, schedule="normalized", scope="blockwise", base="xavier", gain=2.0))
+    check_options("xavier", dict(gain="tanh"))
+    with pytest.raises(ValueError, match="unknown init method"):
+        check_options("he", {})

@@ -217,6 +217,9 @@ def test_encoder_decoder_scheme_without_base_scales_current_weights():
     (dict(beta_enc=float("nan")), "beta_enc"),
     (dict(base="kaiming"), "unknown base"),
     (dict(encoder_layers=["enc.*"]), "matches no module"),
+    (dict(gain=0.0), "gain must be a positive"),
+    (dict(gain=-1.0), "gain must be a positive"),
+    (dict(scale_embeddings="no"), "scale_embeddings must be True or False"),
 ])
 def test_bad_input_leaves_the_model_untouched(kwargs, match):
     torch.manual_seed(0)

@@ -19,16 +19,18 @@ scaled once materialized::
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from emergeinit.layers import ModuleSpec, packed_qkv_rows
-from emergeinit.plan import InitPlan, PlannedLayer, plan_emergence, plan_transformer
+from emergeinit.options import FLAG, POSITIVE, Rule, check_values
+from emergeinit.plan import InitPlan, PlannedLayer, check_plan_options, plan_emergence, plan_transformer
 from emergeinit.schedules import Schedule
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "UNDERFLOW_REFUSE",
     "apply_plan_",
     "emergence_init_",
+    "check_emergence_options",
+    "TRANSFORMER_RULES",
     "tfixup_init_",
     "encoder_decoder_init_",
 ]
@@ -174,7 +178,13 @@ BaseLike = Union[str, BaseInit, None]
 
 def _as_base(base: BaseLike, options: Any) -> Optional[BaseInit]:
     """``base`` given by name plus flat options (``mode=``, ``gain=``, ...), as a BaseInit, or None
-    (the current weights are scaled; the options are still checked)."""
+    (the current weights are scaled; the options are still checked). An unknown option is a
+    TypeError that lists the known ones."""
+    known = [f.name for f in fields(BaseInit) if f.name != "name"]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise TypeError(f"unknown option {', '.join(map(repr, unknown))}: the method's own are those of "
+                        f"plan_emergence, the base draw's {', '.join(known)}")
     if isinstance(base, BaseInit):
         return replace(base, **options) if options else base
     if base is None:
@@ -373,6 +383,19 @@ def emergence_init_(
     return apply_plan_(model, plan, base=resolved)
 
 
+def check_emergence_options(options: Mapping[str, Any]) -> None:
+    """Check the options of :func:`emergence_init_` without a model (names and values; what needs a
+    model, such as a block pattern, is checked when it runs): a TypeError for an unknown name, a
+    ValueError for a bad value. A grid checks its configs so before its first run."""
+    named = inspect.signature(emergence_init_).parameters
+    check_plan_options({k: v for k, v in options.items() if k in named})
+    _as_base(options.get("base", "kaiming"), {k: v for k, v in options.items() if k not in named})
+
+
+TRANSFORMER_RULES: Dict[str, Rule] = {"gain": POSITIVE, "scale_embeddings": FLAG}
+"""The options of :func:`tfixup_init_` and :func:`encoder_decoder_init_` a rule can check."""
+
+
 # ------------------------------------------------------------------------ transformer schemes
 
 def _tfixup_pieces(model: nn.Module, gain: float) -> Pieces:
@@ -408,6 +431,7 @@ def encoder_decoder_init_(
     """
     if base not in ("tfixup", "xavier", None):
         raise ValueError(f"unknown base {base!r}: use 'tfixup', 'xavier' or None")
+    check_values("encoder_decoder_init_", dict(gain=gain, scale_embeddings=scale_embeddings), TRANSFORMER_RULES)
     plan = plan_transformer(model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
                             tfixup=base == "tfixup", scale_embeddings=scale_embeddings,
                             beta_enc=beta_enc, beta_dec=beta_dec)

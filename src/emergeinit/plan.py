@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 from torch import nn
 
 from emergeinit.layers import (
     ModuleSpec, WeightLayer, find_blocks, find_weight_layers, match_modules, packed_qkv_rows, qualified_name,
 )
+from emergeinit.options import FLAG, Rule, check_values
 from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
 from emergeinit.trace import call_order, fork_rng, meta_stand_ins, to_meta
 
@@ -35,6 +36,7 @@ __all__ = [
     "PlannedLayer",
     "InitPlan",
     "plan_emergence",
+    "check_plan_options",
     "SCOPES",
     "tfixup_factors",
     "find_transformer_layers",
@@ -230,6 +232,28 @@ def _schedule_groups(model: nn.Module, layers: List[WeightLayer], scheduled: Lis
     return [(b, [index_of[l.key] for l in ls]) for b, ls in found.items()]
 
 
+PLAN_FLAGS: Dict[str, Rule] = {"scale_bias": FLAG, "embeddings": FLAG, "norms": FLAG}
+
+
+def check_plan_options(options: Mapping[str, Any]) -> None:
+    """Check the options of :func:`plan_emergence` present in ``options``, without a model (a grid
+    checks its configs so before the first run; ``plan_emergence`` itself first of all)."""
+    if "alpha" in options:
+        positive_number(options["alpha"], "alpha")
+    if "schedule" in options:
+        resolve_schedule(options["schedule"])
+    scope = options.get("scope", "global")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}: use 'global' or 'blockwise'")
+    if scope == "global" and options.get("blocks") is not None:
+        raise ValueError("blocks= is only used with scope='blockwise'")
+    if options.get("order", "execution") not in ("execution", "registration"):
+        raise ValueError(f"unknown order {options['order']!r}: use 'execution' or 'registration'")
+    if options.get("trace", "meta") not in ("meta", "real"):
+        raise ValueError(f"unknown trace {options['trace']!r}: use 'meta' or 'real'")
+    check_values("plan_emergence", options, PLAN_FLAGS)
+
+
 def plan_emergence(
     model: nn.Module,
     *,
@@ -258,14 +282,10 @@ def plan_emergence(
     arithmetic; the real weights are used when the forward cannot run on meta tensors), ``"real"``
     on the weights themselves.
     """
+    check_plan_options(dict(alpha=alpha, schedule=schedule, scope=scope, blocks=blocks, order=order,
+                            scale_bias=scale_bias, embeddings=embeddings, norms=norms, trace=trace))
     alpha = positive_number(alpha, "alpha")
-    if trace not in ("meta", "real"):
-        raise ValueError(f"unknown trace {trace!r}: use 'meta' or 'real'")
     schedule_name, schedule_fn = resolve_schedule(schedule)
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}: use 'global' or 'blockwise'")
-    if scope == "global" and blocks is not None:
-        raise ValueError("blocks= is only used with scope='blockwise'")
     with fork_rng(model):  # planning never moves the user's random state
         layers, scheduled, follows = _trace(model, example_input, order, trace, embeddings, norms)
     place: Dict[int, Tuple[int, float, Optional[str]]] = {}  # position -> (k, e_k, block)

@@ -10,21 +10,26 @@ they were.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import functools
+import inspect
+from typing import Any, Callable, Dict, Mapping
 
 from torch import nn
 
+from emergeinit.baselines import gradinit, kaiming, lsuv, metainit, xavier
 from emergeinit.baselines.gradinit import GRADINIT_LR, gradinit_, gradinit_objective
 from emergeinit.baselines.kaiming import kaiming_init_
 from emergeinit.baselines.lsuv import lsuv_init_
 from emergeinit.baselines.metainit import gradient_quotient, metainit_
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.baselines.xavier import xavier_init_
-from emergeinit.init import emergence_init_, tfixup_init_
+from emergeinit.init import TRANSFORMER_RULES, check_emergence_options, emergence_init_, tfixup_init_
+from emergeinit.options import check_values
 from emergeinit.trace import NonFiniteError
 
 __all__ = [
     "initialize",
+    "check_options",
     "InitRecord",
     "METHODS",
     "NonFiniteError",
@@ -41,6 +46,7 @@ __all__ = [
 
 def _recorded_plan(method: str, init_: Callable[..., Any]) -> Callable[..., InitRecord]:
     """``init_(model, **options)`` run as a baseline: its plan becomes the record's details."""
+    @functools.wraps(init_)  # its signature: check_options binds options against it
     def run(model: nn.Module, **options: Any) -> InitRecord:
         def body(meter: CostMeter) -> Dict[str, Any]:
             return {"plan": init_(model, **options).to_dict()}
@@ -63,10 +69,45 @@ METHODS: Dict[str, Callable[..., InitRecord]] = {
 }
 
 
-def initialize(model: nn.Module, method: str, **options: Any) -> InitRecord:
-    """Initialize ``model`` in place with ``method`` (a name of :data:`METHODS`; case, "-" and
-    "_" ignored) and its options; return the :class:`InitRecord` of the call."""
+#: method name -> the check of its option values, without a model (each method runs it first)
+VALUE_CHECKS: Dict[str, Callable[[Mapping[str, Any]], None]] = {
+    "kaiming": lambda options: check_values("kaiming", options, kaiming.RULES),
+    "xavier": lambda options: check_values("xavier", options, xavier.RULES),
+    "emergence": check_emergence_options,
+    "tfixup": lambda options: check_values("tfixup", options, TRANSFORMER_RULES),
+    "metainit": lambda options: check_values("metainit", options, metainit.RULES),
+    "gradinit": lambda options: check_values("gradinit", options, gradinit.RULES),
+    "lsuv": lambda options: check_values("lsuv", options, lsuv.RULES),
+}
+
+
+def _method_key(method: str) -> str:
     key = str(method).lower().replace("-", "").replace("_", "")
     if key not in METHODS:
         raise ValueError(f"unknown init method {method!r}; known: {', '.join(METHODS)}")
-    return METHODS[key](model, **options)
+    return key
+
+
+def initialize(model: nn.Module, method: str, **options: Any) -> InitRecord:
+    """Initialize ``model`` in place with ``method`` (a name of :data:`METHODS`; case, "-" and
+    "_" ignored) and its options; return the :class:`InitRecord` of the call."""
+    return METHODS[_method_key(method)](model, **options)
+
+
+def check_options(method: str, options: Mapping[str, Any]) -> None:
+    """Check ``method``'s ``options`` without a model or data, as :func:`initialize` would before
+    any change: an unknown method or a bad value is a ValueError, an unknown or missing option name
+    a TypeError. What only a model can tell (a block pattern, a classifier name) waits for the run.
+    A grid of runs calls this for every config before its first run."""
+    key = _method_key(method)
+    signature = inspect.signature(METHODS[key])
+    try:
+        bound = signature.bind(None, **options)  # None stands for the model
+    except TypeError as err:
+        raise TypeError(f"{key}: {err} (its options: {', '.join(list(signature.parameters)[1:])})") from None
+    bound.apply_defaults()
+    values: Dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        is_rest = signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
+        values.update(value if is_rest else {name: value})
+    VALUE_CHECKS[key](values)

@@ -18,10 +18,12 @@ from torch import nn
 from torch.func import functional_call
 
 from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.options import FLAG, NON_NEGATIVE, Rule, optional
 from emergeinit.trace import Batch, is_batch, split_batch
 
 __all__ = [
     "LossFn",
+    "LOSS_RULE",
     "batch_stream",
     "to_device",
     "default_loss",
@@ -32,6 +34,8 @@ __all__ = [
     "scaled_params",
     "call_with",
     "rescale_",
+    "NONLINEARITIES",
+    "CLASSIFIER_RULES",
     "classifier_layer",
     "redraw_",
     "reset_biases_",
@@ -40,6 +44,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------- batches
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSS_RULE: Rule = optional((callable, "a callable (output, targets) -> loss"))
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -175,6 +180,18 @@ def rescale_(model: nn.Module, scales: Dict[str, float]) -> None:
 
 
 # ------------------------------------------------------------------------------------- redraws
+
+NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                  "conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
+"""The names ``torch.nn.init.calculate_gain`` knows."""
+
+CLASSIFIER_RULES: Dict[str, Rule] = {
+    "zero_bias": FLAG,
+    "classifier_std": optional(NON_NEGATIVE),
+    "classifier": optional((lambda name: isinstance(name, str), "a module name")),
+}
+"""The options :func:`redraw_` takes, as Kaiming and Xavier pass them on."""
+
 
 def classifier_layer(layers: List[WeightLayer], name: Optional[str] = None) -> WeightLayer:
     """The layer named ``name`` (module name), else the last Linear in registration order."""

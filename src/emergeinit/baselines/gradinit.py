@@ -17,19 +17,23 @@ model's tensors change once, at the end.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss, free_params, placement,
+    LOSS_RULE, LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss, free_params, placement,
     rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
+from emergeinit.options import (
+    FLAG, FRACTION, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Rule, at_least, check_values, one_of, optional,
+)
 from emergeinit.trace import Batch, NonFiniteError, check_finite, preserve_state
 
-__all__ = ["gradinit_", "gradinit_objective", "GRADINIT_LR", "GRADINIT_DEFAULT_LR"]
+__all__ = ["gradinit_", "gradinit_objective", "GRADINIT_LR", "GRADINIT_DEFAULT_LR", "RULES"]
 
 #: Adam step size on the scales in the authors' CIFAR-10 runs, by architecture (our model names).
 GRADINIT_LR: Dict[str, float] = {
@@ -40,6 +44,24 @@ GRADINIT_LR: Dict[str, float] = {
 }
 #: The step size of ``train_cifar.py`` when none is given (its ``--gradinit-lr`` default).
 GRADINIT_DEFAULT_LR = 1e-3
+
+RULES: Dict[str, Rule] = {
+    "loss_fn": LOSS_RULE,
+    "iters": at_least(1),
+    "lr": optional(POSITIVE),
+    "arch": optional(one_of(*GRADINIT_LR)),
+    "gamma": (lambda g: isinstance(g, numbers.Real) and not isinstance(g, bool) and g >= 0,
+              "a number >= 0 (0: only constraint steps; inf: none)"),
+    "eta": POSITIVE,
+    "min_scale": UNIT_INTERVAL,
+    "grad_clip": NON_NEGATIVE,
+    "alg": one_of("sgd", "adam"),
+    "normalize_grad": FLAG,
+    "betas": (lambda b: isinstance(b, (tuple, list)) and len(b) == 2 and all(FRACTION[0](v) for v in b),
+              "a pair of numbers in [0, 1)"),
+    "eps": POSITIVE,
+    "second_order": FLAG,
+}
 
 
 def _step_direction(grads: List[torch.Tensor], alg: str, normalize: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
@@ -149,15 +171,12 @@ def gradinit_(
     differentiate the objective through the anticipated step (one Hessian-vector product per
     objective step; the authors' code holds the step constant).
     """
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    if alg not in ("sgd", "adam"):
-        raise ValueError(f"alg must be 'sgd' or 'adam', got {alg!r}")
-    step_lr = _resolve_lr(lr, arch)
-    loss_fn = loss_fn or default_loss
-    options = dict(loss_fn=loss_fn, iters=iters, lr=step_lr, arch=arch, gamma=gamma, eta=eta,
+    options = dict(loss_fn=loss_fn, iters=iters, lr=lr, arch=arch, gamma=gamma, eta=eta,
                    min_scale=min_scale, grad_clip=grad_clip, alg=alg,
                    normalize_grad=normalize_grad, betas=betas, eps=eps, second_order=second_order)
+    check_values("gradinit", options, RULES)
+    step_lr = options["lr"] = _resolve_lr(lr, arch)
+    loss_fn = options["loss_fn"] = loss_fn or default_loss
 
     def body(meter: CostMeter) -> Dict[str, Any]:
         device, dtype = placement(model)

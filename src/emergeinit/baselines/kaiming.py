@@ -8,14 +8,23 @@ passes through the network: layers are found in registration order.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 from torch import nn
 
-from emergeinit.baselines._common import redraw_
+from emergeinit.baselines._common import CLASSIFIER_RULES, NONLINEARITIES, redraw_
 from emergeinit.baselines.record import InitRecord, run_recorded
+from emergeinit.options import FINITE, Rule, check_values, one_of
 
-__all__ = ["kaiming_init_"]
+__all__ = ["kaiming_init_", "RULES"]
+
+RULES: Dict[str, Rule] = {
+    "mode": one_of("fan_in", "fan_out"),
+    "nonlinearity": one_of(*NONLINEARITIES),
+    "a": FINITE,
+    "distribution": one_of("normal", "uniform"),
+    **CLASSIFIER_RULES,
+}
 
 
 def kaiming_init_(
@@ -34,12 +43,9 @@ def kaiming_init_(
     ``classifier_std``: draw the classifier (``classifier``, default the last Linear) from
     N(0, classifier_std²) instead (0.01 for the VGG of GradInit's code).
     """
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    if distribution not in ("normal", "uniform"):
-        raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
     options = dict(mode=mode, nonlinearity=nonlinearity, a=a, distribution=distribution,
                    zero_bias=zero_bias, classifier_std=classifier_std, classifier=classifier)
+    check_values("kaiming", options, RULES)
 
     draw = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
 

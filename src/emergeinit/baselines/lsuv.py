@@ -20,9 +20,17 @@ from torch import nn
 from emergeinit.baselines._common import batch_stream, bn_batch_stats_mode
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.options import FLAG, POSITIVE, Rule, at_least, check_values
 from emergeinit.trace import check_finite, forward_hooks, preserve_state, run_model
 
-__all__ = ["lsuv_init_", "orthonormal_"]
+__all__ = ["lsuv_init_", "orthonormal_", "RULES"]
+
+RULES: Dict[str, Rule] = {
+    "tol": POSITIVE,
+    "max_iters": at_least(0),
+    "target_var": POSITIVE,  # 0 once zeroed the first layer and reported it converged
+    "orthonormal": FLAG,
+}
 
 
 class _Stop(Exception):
@@ -70,9 +78,8 @@ def lsuv_init_(
     each measurement taking the next. Attention projections (whose output no module returns)
     and layers never called get the orthonormal start only; they are listed as skipped.
     """
-    if max_iters < 0:
-        raise ValueError(f"max_iters must be >= 0, got {max_iters}")
     options = dict(tol=tol, max_iters=max_iters, target_var=target_var, orthonormal=orthonormal)
+    check_values("lsuv", options, RULES)
 
     def body(meter: CostMeter) -> Dict[str, Any]:
         params0 = list(model.parameters())

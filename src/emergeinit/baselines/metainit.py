@@ -18,12 +18,25 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LossFn, batch_on, batch_stream, call_with, default_loss, free_params, placement, rescale_, scaled_params,
+    LOSS_RULE, LossFn, batch_on, batch_stream, call_with, default_loss, free_params, placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
+from emergeinit.options import FRACTION, POSITIVE, UNIT_INTERVAL, Rule, at_least, check_values, optional
 from emergeinit.trace import NonFiniteError, check_finite, infer_example_input, preserve_state
 
-__all__ = ["metainit_", "gradient_quotient"]
+__all__ = ["metainit_", "gradient_quotient", "RULES"]
+
+RULES: Dict[str, Rule] = {
+    "loss_fn": LOSS_RULE,
+    "steps": at_least(1),
+    "lr": POSITIVE,
+    "momentum": FRACTION,
+    "eps": POSITIVE,
+    "batch_size": at_least(1),
+    "input_shape": optional((lambda shape: isinstance(shape, (tuple, list)) and len(shape) > 0
+                             and all(at_least(1)[0](n) for n in shape), "a sequence of positive ints")),
+    "min_scale": UNIT_INTERVAL,
+}
 
 
 def _quotient(
@@ -82,12 +95,11 @@ def metainit_(
     ``min_scale``: a norm never drops below this fraction of its start (a guard the paper's
     code lacks: there, a step past zero flips the tensor's sign).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    loss_fn = loss_fn or default_loss
-    options = dict(data="random N(0,1)" if data is None else "given", loss_fn=loss_fn, steps=steps,
-                   lr=lr, momentum=momentum, eps=eps, batch_size=batch_size,
+    options = dict(loss_fn=loss_fn, steps=steps, lr=lr, momentum=momentum, eps=eps, batch_size=batch_size,
                    input_shape=input_shape, min_scale=min_scale)
+    check_values("metainit", options, RULES)
+    loss_fn = options["loss_fn"] = loss_fn or default_loss
+    options = {"data": "random N(0,1)" if data is None else "given", **options}
 
     def body(meter: CostMeter) -> Dict[str, Any]:
         device, dtype = placement(model)

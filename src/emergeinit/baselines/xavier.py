@@ -7,14 +7,22 @@ N(0, std²) classifier as :func:`kaiming_init_`. No passes through the network.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 from torch import nn
 
-from emergeinit.baselines._common import redraw_
+from emergeinit.baselines._common import CLASSIFIER_RULES, NONLINEARITIES, redraw_
 from emergeinit.baselines.record import InitRecord, run_recorded
+from emergeinit.options import POSITIVE, Rule, check_values, one_of
 
-__all__ = ["xavier_init_"]
+__all__ = ["xavier_init_", "RULES"]
+
+RULES: Dict[str, Rule] = {
+    "gain": (lambda g: POSITIVE[0](g) or one_of(*NONLINEARITIES)[0](g),
+             f"a positive finite number or a nonlinearity name ({', '.join(NONLINEARITIES)})"),
+    "distribution": one_of("normal", "uniform"),
+    **CLASSIFIER_RULES,
+}
 
 
 def xavier_init_(
@@ -27,11 +35,10 @@ def xavier_init_(
     classifier: Optional[str] = None,
 ) -> InitRecord:
     """Redraw every weight layer from Glorot's distribution (Var = gain²·2/(fan_in+fan_out))."""
-    if distribution not in ("normal", "uniform"):
-        raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
-    g = nn.init.calculate_gain(gain) if isinstance(gain, str) else float(gain)
     options = dict(gain=gain, distribution=distribution, zero_bias=zero_bias,
                    classifier_std=classifier_std, classifier=classifier)
+    check_values("xavier", options, RULES)
+    g = nn.init.calculate_gain(gain) if isinstance(gain, str) else float(gain)
 
     draw = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
 
