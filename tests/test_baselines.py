@@ -497,3 +497,54 @@ def test_good_options_pass_the_check_and_defaults_too():
     check_options("xavier", dict(gain="tanh"))
     with pytest.raises(ValueError, match="unknown init method"):
         check_options("he", {})
+
+
+# ---------------------------------------------------------------- frozen and parametrized layers
+
+@pytest.mark.parametrize("method, options", [
+    ("kaiming", {}), ("xavier", {}), ("lsuv", {}), ("metainit", dict(steps=2)), ("gradinit", dict(iters=2)),
+    ("emergence", dict(alpha=2.0)),
+])
+def test_frozen_layers_are_left_as_they_are_unless_included(method, options):
+    x, y = mlp_batch()
+    if method in ("lsuv", "metainit", "gradinit"):
+        options = {**options, "data": (x, y)}
+    model = mlp()
+    model[0].requires_grad_(False)  # a frozen "backbone"
+    frozen = [t.detach().clone() for t in model[0].parameters()]
+    with pytest.warns(UserWarning, match=r"frozen tensors \(requires_grad=False\) are left as they are: 0\.weight"):
+        record = ei.initialize(model, method, **options)
+    assert all(torch.equal(a, b) for a, b in zip(model[0].parameters(), frozen))
+    assert record.scales["0.weight"] == 1.0 and record.scales["6.weight"] != 1.0
+    listed = record.details["plan"]["meta"]["frozen"] if method == "emergence" else record.details["frozen"]
+    assert "0.weight" in listed
+    ei.initialize(model, method, include_frozen=True, **options)
+    assert not torch.equal(model[0].weight, frozen[0])
+
+
+def test_weight_norm_layers_are_initialized_through_g_and_v():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    x, y = mlp_batch()
+    model = mlp()
+    weight_norm(model[2])
+    record = kaiming_init_(model)
+    assert record.scales["2.weight"] != 1.0
+    w = model[2].weight.detach()
+    assert w.std().item() == pytest.approx(math.sqrt(2 / 32), rel=0.15)  # Kaiming: σ = sqrt(2 / fan_in)
+    lsuv = lsuv_init_(model, x)
+    assert lsuv.details["layers"]["2.weight"]["converged"]  # the rescale reached W through g
+    metainit_(model, (x, y), steps=2)
+    gradinit_(model, (x, y), iters=2)
+
+
+def test_layerwise_lr_groups_train_the_parametrizations_parameters():
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    model = mlp()
+    weight_norm(model[2])
+    spectral_norm(model[4])
+    groups = ei.layerwise_lr_groups(model, nn.functional.cross_entropy, mlp_batch(), base_lr=1e-3)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # every parameter once, all leaves
+    torch.optim.SGD(groups)

@@ -470,3 +470,89 @@ def test_measured_underflow_share_without_base():
     with pytest.warns(UnderflowWarning, match=r"0\.weight by 0\.01 leaves 25\.0% of its values"):
         ei.emergence_init_(model, alpha=100.0, schedule="normalized", base=None, example_input=torch.randn(2, 5).half())
     assert _tiny_share(model[0].weight) == pytest.approx(16 / 60)  # the 15, and the zero
+
+
+# ------------------------------------------------------------------- parametrized and frozen layers
+
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm  # noqa: E402
+
+
+def test_weight_norm_is_scaled_and_drawn_exactly():
+    torch.manual_seed(0)
+    normed = nn.Sequential(weight_norm(nn.Linear(5, 12)), nn.ReLU(), weight_norm(nn.Linear(12, 12)), nn.ReLU(),
+                           weight_norm(nn.Linear(12, 3)))
+    before = [normed[i].weight.detach().clone() for i in (0, 2, 4)]
+    plan = ei.emergence_init_(normed, alpha=3.0, schedule="normalized", base=None)
+    assert [l.key for l in plan] == ["0.weight", "2.weight", "4.weight"]  # three layers, not two
+    for w0, i, f in zip(before, (0, 2, 4), (1 / 3, 1.0, 3.0)):
+        torch.testing.assert_close(normed[i].weight, w0 * f)
+    plain = mlp(3)
+    torch.manual_seed(1)
+    ei.emergence_init_(plain, alpha=3.0, schedule="normalized")
+    torch.manual_seed(1)
+    ei.emergence_init_(normed, alpha=3.0, schedule="normalized")  # the same draws, through g and v
+    for i in (0, 2, 4):
+        torch.testing.assert_close(normed[i].weight, plain[i].weight)
+
+
+@pytest.mark.parametrize("how", ["spectral_norm", "hooked weight_norm"])
+def test_other_parametrizations_are_refused_before_any_change(how):
+    torch.manual_seed(0)
+    model = mlp(3, bias=True)
+    if how == "spectral_norm":
+        spectral_norm(model[2])  # its power iteration runs whenever the weight is read in train mode
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation of the hook-based weight_norm
+            torch.nn.utils.weight_norm(model[2])
+    snap = snapshot(model)  # spectral_norm's _u and _v buffers included
+    match = "_SpectralNorm" if how == "spectral_norm" else "recomputed by the module"
+    with pytest.raises(ValueError, match=rf"2\.weight .*{match}"):
+        ei.emergence_init_(model, alpha=2.0)
+    with pytest.raises(ValueError, match=match):
+        ei.plan_emergence(model, alpha=2.0)
+    for method in ("kaiming", "lsuv"):
+        with pytest.raises(ValueError, match=match):
+            ei.initialize(model, method, **({"data": torch.randn(4, 5)} if method == "lsuv" else {}))
+    assert unchanged(model, snap)
+
+
+def frozen_mlp():
+    model = mlp(4, bias=True)
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    model[2].weight.requires_grad_(False)  # frozen weight, trainable bias: the layer is frozen
+    return model
+
+
+def test_frozen_layers_are_left_out_of_the_schedule_with_a_warning():
+    model = frozen_mlp()
+    snap = snapshot(model)
+    with pytest.warns(UserWarning, match=r"2 frozen tensors \(requires_grad=False\) are left as they are: "
+                                         r"0\.weight, 2\.weight; pass include_frozen=True"):
+        plan = ei.emergence_init_(model, alpha=2.0, schedule="normalized")
+    assert [l.key for l in plan] == ["4.weight", "6.weight"] and plan.meta["frozen"] == ["0.weight", "2.weight"]
+    assert [l.exponent for l in plan] == [-1.0, 1.0]  # L = 2: the schedule runs over what it writes
+    for k in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        assert torch.equal(model.state_dict()[k], snap[k])
+    assert not torch.equal(model[4].weight, snap["4.weight"])
+    assert "left out, frozen" in str(plan)
+    whole = ei.emergence_init_(frozen_mlp(), alpha=2.0, include_frozen=True)
+    assert len(whole) == 4 and whole.meta["frozen"] == []
+
+
+def test_every_layer_frozen_is_an_error():
+    model = mlp(2)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="every tensor the schedule would run over is frozen"):
+        ei.emergence_init_(model, alpha=2.0)
+    with pytest.raises(ValueError, match="include_frozen must be True or False"):
+        ei.emergence_init_(model, alpha=2.0, include_frozen="yes")
+
+
+def test_measuring_a_spectral_normed_model_leaves_its_buffers():
+    model = mlp(3, bias=True).train()
+    spectral_norm(model[2])
+    snap = snapshot(model)
+    ei.measure_emergence(model, torch.randn(8, 5))
+    assert unchanged(model, snap)

@@ -242,3 +242,19 @@ def test_fp16_overflow_is_caught_first():
 def test_model_without_transformer_layers():
     with pytest.raises(ValueError, match="no encoder or decoder layers"):
         ei.tfixup_init_(nn.Sequential(nn.Linear(3, 3)))
+
+
+def test_frozen_embeddings_and_encoder_are_left_as_they_are():
+    torch.manual_seed(0)
+    model = Seq2Seq()
+    model.src_embed.requires_grad_(False)
+    model.encoder.requires_grad_(False)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="frozen tensors .* src_embed.weight"):
+        plan = ei.tfixup_init_(model)
+    frozen = [k for k in old if k.startswith(("src_embed.", "encoder."))]
+    assert all(torch.equal(model.state_dict()[k], old[k]) for k in frozen)
+    assert set(plan.meta["frozen"]) == {k for k in frozen if k.endswith("weight") and "norm" not in k}
+    assert not torch.equal(model.decoder[0].ffn.fc1.weight, old["decoder.0.ffn.fc1.weight"])
+    whole = ei.tfixup_init_(model, include_frozen=True)
+    assert whole.meta["frozen"] == [] and not torch.equal(model.src_embed.weight, old["src_embed.weight"])

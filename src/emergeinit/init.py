@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from emergeinit.layers import ModuleSpec, packed_qkv_rows
+from emergeinit.layers import ModuleSpec, NormedWeight, packed_qkv_rows, storage_of, weight_parameter
 from emergeinit.options import FLAG, POSITIVE, Rule, check_values
 from emergeinit.plan import InitPlan, PlannedLayer, check_plan_options, plan_emergence, plan_transformer
 from emergeinit.schedules import Schedule
@@ -203,6 +203,7 @@ class _Write:
     target: torch.Tensor  # the weight, or the rows the entry covers
     draws: Sequence[Tuple[torch.Tensor, Draw]]  # (view, draw) pieces; empty: scale ``target``
     bias: Optional[torch.Tensor]  # zeroed after a draw, or scaled with ``target``
+    after_draw: Optional[Callable[[], None]] = None  # a weight-normed W: g = ‖v‖ once v is drawn
 
 
 Pieces = Callable[[PlannedLayer, torch.Tensor], List[Tuple[torch.Tensor, Draw]]]
@@ -274,15 +275,17 @@ def _measured_underflow(t: torch.Tensor, factor: float) -> Optional[float]:
 
 
 def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, scale_bias: bool) -> List[_Write]:
-    """Check every entry before anything is written: it names a parameter of the planned shape,
-    no tensor rows twice, and its factor and scaled values fit the dtype."""
+    """Check every entry before anything is written: it names a tensor an init can write exactly
+    (a parameter, or a weight-normed weight) of the planned shape, no tensor rows twice, and its
+    factor and scaled values fit the dtype."""
     writes: List[_Write] = []
     seen: Dict[Tuple[int, Optional[Tuple[int, int]]], str] = {}
     for l in layers:
-        try:
-            w = model.get_parameter(l.key)
-        except AttributeError:
-            raise ValueError(f"plan layer {l.key!r} is not a parameter of {type(model).__name__}") from None
+        stored = storage_of(model, l.key)  # a ValueError for what cannot be written exactly
+        normed = stored if isinstance(stored, NormedWeight) else None
+        w = weight_parameter(stored)
+        if normed is not None and l.rows is not None:
+            raise ValueError(f"{l.key} is weight-normed: a plan cannot scale some of its rows")
         if l.shape and tuple(w.shape) != tuple(l.shape):
             raise ValueError(f"{l.key} has shape {tuple(w.shape)}, the plan expects {tuple(l.shape)}")
         if (id(w), l.rows) in seen:
@@ -297,13 +300,15 @@ def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, s
             tiny = torch.finfo(w.dtype).tiny if w.is_floating_point() else 0.0
             _check_range(l.key, w, l.factor, max(d.peak for _, d in draws), _drawn_underflow(draws, l.factor, tiny))
         else:
-            _check_range(l.key, w, l.factor, None if l.factor == 1.0 else _measured_peak(target),
-                         _measured_underflow(target, l.factor))
+            current = normed.value().detach() if normed is not None else target
+            _check_range(l.key, w, l.factor, None if l.factor == 1.0 else _measured_peak(current),
+                         _measured_underflow(current, l.factor))
+            target = normed.g if normed is not None else target  # W × f is g × f, exactly
             bias = bias if scale_bias and l.factor != 1.0 else None
             bias_peak = _measured_peak(bias) if bias is not None else None
             if bias_peak:  # a bias all zeros (or on meta) cannot leave the range
                 _check_range(str(l.bias_key), bias, l.factor, bias_peak, _measured_underflow(bias, l.factor))
-        writes.append(_Write(l.factor, target, draws, bias))
+        writes.append(_Write(l.factor, target, draws, bias, normed.renorm_ if normed is not None else None))
     return writes
 
 
@@ -314,6 +319,8 @@ def _write_(writes: Sequence[_Write]) -> None:
             if w.draws:
                 for view, draw in w.draws:
                     draw.draw_(view, w.factor)
+                if w.after_draw is not None:
+                    w.after_draw()
                 if w.bias is not None:
                     w.bias.zero_()
             elif w.factor != 1.0:
@@ -363,6 +370,7 @@ def emergence_init_(
     scale_bias: bool = False,
     embeddings: bool = False,
     norms: bool = False,
+    include_frozen: bool = False,
     **base_options: Any,
 ) -> InitPlan:
     """Initialize ``model`` in place with the emergence-promoting scheme and return its plan.
@@ -371,13 +379,13 @@ def emergence_init_(
     arguments) then :func:`apply_plan_` (``base`` init and scaling in one pass; ``base_options``:
     ``mode``, ``nonlinearity``, ``a``, ``gain``, ``distribution`` as in :class:`BaseInit`). Same
     seed → bit-identical weights. Everything is checked before any weight changes: a failed call
-    leaves the model as it was.
+    leaves the model as it was. Frozen tensors are left as they are unless ``include_frozen``.
     """
     resolved = _as_base(base, base_options)
     plan = plan_emergence(
         model, alpha=alpha, schedule=schedule, scope=scope, blocks=blocks,
         example_input=example_input, order=order, scale_bias=scale_bias,
-        embeddings=embeddings, norms=norms,
+        embeddings=embeddings, norms=norms, include_frozen=include_frozen,
     )
     plan.meta["base"] = resolved.name if resolved is not None else None
     return apply_plan_(model, plan, base=resolved)
@@ -392,7 +400,7 @@ def check_emergence_options(options: Mapping[str, Any]) -> None:
     _as_base(options.get("base", "kaiming"), {k: v for k, v in options.items() if k not in named})
 
 
-TRANSFORMER_RULES: Dict[str, Rule] = {"gain": POSITIVE, "scale_embeddings": FLAG}
+TRANSFORMER_RULES: Dict[str, Rule] = {"gain": POSITIVE, "scale_embeddings": FLAG, "include_frozen": FLAG}
 """The options of :func:`tfixup_init_` and :func:`encoder_decoder_init_` a rule can check."""
 
 
@@ -419,6 +427,7 @@ def encoder_decoder_init_(
     decoder_layers: Optional[ModuleSpec] = None,
     scale_embeddings: bool = True,
     gain: float = 1.0,
+    include_frozen: bool = False,
 ) -> InitPlan:
     """The paper's global transformer scheme: ``base``, then encoder-layer weights ÷ ``beta_enc`` and
     decoder-layer weights × ``beta_dec`` (every weight matrix inside those layers, q and k included;
@@ -427,14 +436,16 @@ def encoder_decoder_init_(
     ``base``: ``"tfixup"`` (T-Fixup, the paper's choice), ``"xavier"`` (Xavier weights, biases 0,
     embeddings kept), or None (scale the current weights). Layers are found or named as in
     :func:`~emergeinit.plan.find_transformer_layers`. Returns the per-tensor factors relative to the
-    base's draw. Everything is checked before the first weight changes.
+    base's draw. Everything is checked before the first weight changes. Frozen tensors are left as
+    they are, with a warning, unless ``include_frozen``.
     """
     if base not in ("tfixup", "xavier", None):
         raise ValueError(f"unknown base {base!r}: use 'tfixup', 'xavier' or None")
-    check_values("encoder_decoder_init_", dict(gain=gain, scale_embeddings=scale_embeddings), TRANSFORMER_RULES)
+    check_values("encoder_decoder_init_", dict(gain=gain, scale_embeddings=scale_embeddings,
+                                               include_frozen=include_frozen), TRANSFORMER_RULES)
     plan = plan_transformer(model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
                             tfixup=base == "tfixup", scale_embeddings=scale_embeddings,
-                            beta_enc=beta_enc, beta_dec=beta_dec)
+                            beta_enc=beta_enc, beta_dec=beta_dec, include_frozen=include_frozen)
     plan.meta["base"] = base
     if base is None:
         return apply_plan_(model, plan)
@@ -454,6 +465,7 @@ def tfixup_init_(
     decoder_layers: Optional[ModuleSpec] = None,
     scale_embeddings: bool = True,
     gain: float = 1.0,
+    include_frozen: bool = False,
 ) -> InitPlan:
     """T-Fixup (see :mod:`emergeinit.plan`): re-draw every weight, in place; return the factors.
 
@@ -462,8 +474,8 @@ def tfixup_init_(
     ``nn.MultiheadAttention`` (a packed q/k/v weight drawn per third) or modules with
     ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linears; every other Linear of a layer counts as
     its FFN. ``scale_embeddings=False`` keeps the embeddings at N(0, d^-1/2). The factors are
-    relative to Xavier / N(0, d^-1/2).
+    relative to Xavier / N(0, d^-1/2). Frozen tensors are left as they are unless ``include_frozen``.
     """
     return encoder_decoder_init_(model, beta_enc=1.0, beta_dec=1.0, base="tfixup",
                                  encoder_layers=encoder_layers, decoder_layers=decoder_layers,
-                                 scale_embeddings=scale_embeddings, gain=gain)
+                                 scale_embeddings=scale_embeddings, gain=gain, include_frozen=include_frozen)

@@ -11,11 +11,13 @@ projections) is one layer. Modules are named by :func:`match_modules` wherever a
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from emergeinit.trace import call_order
 
@@ -29,6 +31,17 @@ __all__ = [
     "match_modules",
     "is_block_module",
     "find_blocks",
+    "NormedWeight",
+    "Storage",
+    "weight_storage",
+    "check_writable",
+    "storage_of",
+    "weight_parameters",
+    "weight_parameter",
+    "draw_weight_",
+    "scale_weight_",
+    "is_frozen",
+    "warn_frozen",
 ]
 
 ModuleSpec = Union[str, nn.Module, Iterable[Union[str, nn.Module]]]
@@ -109,6 +122,18 @@ def _weight_params(module: nn.Module) -> List[Tuple[str, str]]:
     return []
 
 
+def _stored_id(module: nn.Module, name: str) -> Optional[int]:
+    """Identity of what holds ``module.<name>``, read without computing it (a parametrized weight is
+    computed anew at every read, and reading a spectral-normed one in train mode moves its power
+    iteration): its parametrization list, parameter, buffer or plain tensor attribute."""
+    if parametrize.is_parametrized(module, name):
+        return id(module.parametrizations[name])
+    for store in (module._parameters, module._buffers, module.__dict__):
+        if isinstance(store.get(name), torch.Tensor):
+            return id(store[name])
+    return None
+
+
 def packed_qkv_rows(key: str, rows: int) -> Optional[List[Tuple[int, int]]]:
     """Row ranges of q, k and v in a packed ``in_proj_weight`` of ``rows`` rows, each drawn and
     scaled as a separate projection would be; None for any other tensor."""
@@ -158,16 +183,16 @@ def find_weight_layers(
     for module in owners:
         name = names[id(module)]
         for param_name, kind in _weight_params(module):
-            tensor = getattr(module, param_name, None)
+            tensor = _stored_id(module, param_name)
             if tensor is None:
                 continue
-            if id(tensor) not in by_tensor:
-                by_tensor[id(tensor)] = len(layers)
+            if tensor not in by_tensor:
+                by_tensor[tensor] = len(layers)
                 layers.append(WeightLayer(name, module, param_name, kind))
                 continue
-            first = layers[by_tensor[id(tensor)]]  # a tied weight: one layer, more names
+            first = layers[by_tensor[tensor]]  # a tied weight: one layer, more names
             if name != first.name and name not in first.aliases:
-                layers[by_tensor[id(tensor)]] = replace(first, aliases=first.aliases + (name,))
+                layers[by_tensor[tensor]] = replace(first, aliases=first.aliases + (name,))
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no weight layers (Linear, ConvNd or MultiheadAttention) "
@@ -281,3 +306,119 @@ def find_blocks(
             grouped.setdefault(owner[layer.key], []).append(layer)
     ordered_names = [n for n in chosen if n in grouped]
     return {n: grouped[n] for n in sorted(ordered_names, key=lambda n: layers.index(grouped[n][0]))}
+
+
+# ---------------------------------------------------------------------- how a weight is stored
+
+@dataclass(frozen=True)
+class NormedWeight:
+    """A weight under ``torch.nn.utils.parametrizations.weight_norm``: W = g·v/‖v‖, norms over every
+    dim but ``dim``. W × f is g × f, exactly; a draw written into v becomes W exactly once g = ‖v‖."""
+
+    g: nn.Parameter  # the parametrization's original0
+    v: nn.Parameter  # original1, of W's shape
+    dim: int
+
+    def value(self) -> torch.Tensor:
+        """W, computed from g and v."""
+        return self.v * (self.g / torch.norm_except_dim(self.v, 2, self.dim))
+
+    def renorm_(self) -> None:
+        """g = ‖v‖: W equals v (after something was drawn into v)."""
+        with torch.no_grad():
+            self.g.copy_(torch.norm_except_dim(self.v, 2, self.dim))
+
+
+Storage = Union[nn.Parameter, NormedWeight]
+
+
+def weight_storage(module: nn.Module, name: str, key: str = "") -> Storage:
+    """Where an init writes ``module.<name>`` (``key`` names it in errors), found without computing
+    it: the parameter itself, or a :class:`NormedWeight`. Any other parametrization (spectral_norm,
+    orthogonal, ...) cannot be scaled exactly, and a weight a hook recomputes at every forward (the
+    old ``torch.nn.utils.weight_norm``/``spectral_norm``) would lose what is written: both are a
+    ValueError, raised before anything changes."""
+    key = key or name
+    if parametrize.is_parametrized(module, name):
+        chain = module.parametrizations[name]
+        kinds = [type(p).__name__ for p in chain]
+        if kinds == ["_WeightNorm"]:
+            return NormedWeight(chain.original0, chain.original1, int(chain[0].dim))
+        raise ValueError(
+            f"{key} is parametrized ({' then '.join(kinds)}): an init cannot write it exactly (only "
+            "weight_norm is supported); initialize before parametrizing, or remove the parametrization "
+            "first (torch.nn.utils.parametrize.remove_parametrizations)"
+        )
+    stored = module._parameters.get(name)
+    if isinstance(stored, nn.Parameter):
+        return stored
+    if isinstance(getattr(module, name, None), torch.Tensor):
+        raise ValueError(
+            f"{key} is not a parameter but a tensor recomputed by the module (the hook-based "
+            "torch.nn.utils.weight_norm / spectral_norm?): what an init writes would be overwritten at "
+            "the next forward; use torch.nn.utils.parametrizations.weight_norm, or initialize first"
+        )
+    raise ValueError(f"{key} is not a parameter of {type(module).__name__}")
+
+
+def check_writable(layers: Iterable[WeightLayer]) -> None:
+    """:func:`weight_storage` of every layer, for its ValueError: run it before any weight is read
+    (reading a spectral-normed weight in train mode moves its power iteration)."""
+    for layer in layers:
+        weight_storage(layer.module, layer.param_name, layer.key)
+
+
+def storage_of(model: nn.Module, key: str) -> Storage:
+    """:func:`weight_storage` of the tensor a parameter key names (``"features.0.weight"``)."""
+    module_name, _, name = key.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        raise ValueError(f"{key} is not a parameter of {type(model).__name__}") from None
+    return weight_storage(module, name, key)
+
+
+def weight_parameters(layer: WeightLayer) -> List[nn.Parameter]:
+    """The parameters that hold a layer's weight, which an optimizer trains: the weight itself, or
+    every parameter of its parametrization (any kind: nothing is written)."""
+    if parametrize.is_parametrized(layer.module, layer.param_name):
+        return list(layer.module.parametrizations[layer.param_name].parameters())
+    stored = layer.module._parameters.get(layer.param_name)
+    return [stored] if stored is not None else []
+
+
+def weight_parameter(storage: Storage) -> nn.Parameter:
+    """The parameter of W's shape and dtype (W itself, or v): what a draw is written into."""
+    return storage.v if isinstance(storage, NormedWeight) else storage
+
+
+def draw_weight_(storage: Storage, draw: Callable[[torch.Tensor], Any]) -> None:
+    """W := what ``draw`` writes into a tensor of W's shape (a ``torch.nn.init`` function), exactly."""
+    with torch.no_grad():
+        draw(weight_parameter(storage))
+        if isinstance(storage, NormedWeight):
+            storage.renorm_()
+
+
+def scale_weight_(storage: Storage, factor: float) -> None:
+    """W × ``factor``, in place and exactly (a weight-normed W through its g)."""
+    with torch.no_grad():
+        (storage.g if isinstance(storage, NormedWeight) else storage).mul_(factor)
+
+
+def is_frozen(storage: Storage) -> bool:
+    """True when any parameter holding the weight has ``requires_grad=False``: writing it would
+    change what the user froze (a pretrained backbone)."""
+    held = (storage.g, storage.v) if isinstance(storage, NormedWeight) else (storage,)
+    return any(not p.requires_grad for p in held)
+
+
+def warn_frozen(method: str, keys: Sequence[str]) -> None:
+    """Say which frozen tensors ``method`` left as they were."""
+    if keys:
+        shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+        warnings.warn(
+            f"{method}: {len(keys)} frozen tensors (requires_grad=False) are left as they are: {shown}; "
+            "pass include_frozen=True to initialize them too",
+            stacklevel=3,
+        )

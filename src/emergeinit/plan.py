@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from torch import nn
 
 from emergeinit.layers import (
-    ModuleSpec, WeightLayer, find_blocks, find_weight_layers, match_modules, packed_qkv_rows, qualified_name,
+    ModuleSpec, WeightLayer, check_writable, find_blocks, find_weight_layers, is_frozen, match_modules,
+    packed_qkv_rows, qualified_name, storage_of, warn_frozen, weight_parameter, weight_storage,
 )
 from emergeinit.options import FLAG, Rule, check_values
 from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
@@ -133,7 +134,9 @@ class InitPlan:
             if v is not None
         )
         lines = [f"InitPlan({title}): {len(self.layers)} tensors", fmt(head), fmt(["-" * w for w in widths])]
-        return "\n".join(lines + [fmt(r) for r in rows])
+        frozen = self.meta.get("frozen") or []
+        left = [f"left out, frozen (requires_grad=False): {', '.join(frozen)}"] if frozen else []
+        return "\n".join(lines + [fmt(r) for r in rows] + left)
 
 
 def _label(l: PlannedLayer) -> str:
@@ -232,7 +235,7 @@ def _schedule_groups(model: nn.Module, layers: List[WeightLayer], scheduled: Lis
     return [(b, [index_of[l.key] for l in ls]) for b, ls in found.items()]
 
 
-PLAN_FLAGS: Dict[str, Rule] = {"scale_bias": FLAG, "embeddings": FLAG, "norms": FLAG}
+PLAN_FLAGS: Dict[str, Rule] = {"scale_bias": FLAG, "embeddings": FLAG, "norms": FLAG, "include_frozen": FLAG}
 
 
 def check_plan_options(options: Mapping[str, Any]) -> None:
@@ -267,6 +270,7 @@ def plan_emergence(
     embeddings: bool = False,
     norms: bool = False,
     trace: str = "meta",
+    include_frozen: bool = False,
 ) -> InitPlan:
     """The plan of eq 8 for ``model``: per weight layer its index k, exponent e_k and α**e_k.
 
@@ -280,14 +284,24 @@ def plan_emergence(
     residual blocks, modules with ``emergeinit_block = True``); layers outside every block keep
     factor 1. ``trace="meta"`` runs the tracing forward on meta stand-ins of the weights (no
     arithmetic; the real weights are used when the forward cannot run on meta tensors), ``"real"``
-    on the weights themselves.
+    on the weights themselves. Frozen tensors (``requires_grad=False``: a pretrained backbone) are
+    left out of the schedule, with a warning, and listed in ``plan.meta["frozen"]``;
+    ``include_frozen=True`` plans them too. A weight parametrized other than by weight_norm is a
+    ValueError (see :func:`emergeinit.layers.weight_storage`).
     """
     check_plan_options(dict(alpha=alpha, schedule=schedule, scope=scope, blocks=blocks, order=order,
-                            scale_bias=scale_bias, embeddings=embeddings, norms=norms, trace=trace))
+                            scale_bias=scale_bias, embeddings=embeddings, norms=norms, trace=trace,
+                            include_frozen=include_frozen))
     alpha = positive_number(alpha, "alpha")
     schedule_name, schedule_fn = resolve_schedule(schedule)
+    check_writable(find_weight_layers(model, order="registration"))  # before the trace reads a weight
     with fork_rng(model):  # planning never moves the user's random state
         layers, scheduled, follows = _trace(model, example_input, order, trace, embeddings, norms)
+    tensors = [t.key for t in scheduled] + [norm.key for _, norm in follows]
+    frozen = [] if include_frozen else [key for key in tensors if is_frozen(storage_of(model, key))]
+    if frozen:
+        layers, scheduled, follows = _without(frozen, layers, scheduled, follows)
+        warn_frozen("plan_emergence", frozen)
     place: Dict[int, Tuple[int, float, Optional[str]]] = {}  # position -> (k, e_k, block)
     for block, positions in _schedule_groups(model, layers, scheduled, scope, blocks):
         for k, (i, e) in enumerate(zip(positions, exponents(len(positions), schedule_fn))):
@@ -304,7 +318,20 @@ def plan_emergence(
         planned[i].append(PlannedLayer(norm.name, norm.key, "norm", src.index, src.exponent, src.factor,
                                        src.block, norm.bias_key, norm.shape))
     return InitPlan([p for ps in planned for p in ps], alpha=alpha, schedule=schedule_name, scope=scope,
-                    scale_bias=scale_bias, meta={"order": order, "embeddings": embeddings, "norms": norms})
+                    scale_bias=scale_bias, meta={"order": order, "embeddings": embeddings, "norms": norms,
+                                                 "frozen": frozen})
+
+
+def _without(frozen: Sequence[str], layers: List[WeightLayer], scheduled: List[Scheduled],
+             follows: List[Tuple[int, Scheduled]]):
+    """The traced tensors less the ``frozen`` keys; a norm that follows a frozen layer goes too."""
+    if all(t.key in frozen for t in scheduled):
+        raise ValueError("every tensor the schedule would run over is frozen (requires_grad=False): "
+                         "nothing to initialize; pass include_frozen=True to include them")
+    kept = [i for i, t in enumerate(scheduled) if t.key not in frozen]
+    position = {old: new for new, old in enumerate(kept)}
+    return ([l for l in layers if l.key not in frozen], [scheduled[i] for i in kept],
+            [(position[i], norm) for i, norm in follows if i in position and norm.key not in frozen])
 
 
 # --------------------------------------------------------------------------- T-Fixup, encoder/decoder
@@ -402,11 +429,13 @@ def plan_transformer(
     scale_embeddings: bool = True,
     beta_enc: float = 1.0,
     beta_dec: float = 1.0,
+    include_frozen: bool = False,
 ) -> InitPlan:
     """Per-tensor factors of T-Fixup (``tfixup``; module docstring) times the encoder ÷``beta_enc``
     / decoder ×``beta_dec`` scheme. Embedding tables come first (each tensor once; factor 1 unless
     T-Fixup scales them), then every weight layer in registration order, a packed q/k/v tensor as
-    three row ranges. Layers outside both stacks get factor 1."""
+    three row ranges. Layers outside both stacks get factor 1. Frozen tensors are left out (with a
+    warning; ``meta["frozen"]``) unless ``include_frozen``."""
     beta_enc = positive_number(beta_enc, "beta_enc")
     beta_dec = positive_number(beta_dec, "beta_dec")
     enc, dec = find_transformer_layers(model, encoder_layers, decoder_layers)
@@ -421,10 +450,11 @@ def plan_transformer(
             entries.append(PlannedLayer(n, qualified_name(n, "weight"), "embedding", None, None, factor,
                                         shape=tuple(m.weight.shape)))
     for layer in find_weight_layers(model, order="registration"):
-        if id(layer.weight) in seen:  # an output projection tied to an embedding table
+        stored = weight_parameter(weight_storage(layer.module, layer.param_name, layer.key))
+        if id(stored) in seen:  # an output projection tied to an embedding table
             continue
-        seen.add(id(layer.weight))
-        shape = tuple(layer.weight.shape)
+        seen.add(id(stored))
+        shape = tuple(stored.shape)
         for rows in packed_qkv_rows(layer.key, shape[0]) or [None]:
             side, lname, part = roles.get((layer.key, rows), (None, None, None))
             factor = f[side] if tfixup and part in ("v", "out", "ffn") else 1.0
@@ -434,7 +464,11 @@ def plan_transformer(
                 factor *= beta_dec
             entries.append(PlannedLayer(layer.name, layer.key, layer.kind, None, None, factor, lname,
                                         layer.bias_key, shape, rows))
-    return InitPlan(entries, scope="encoder-decoder", meta={
+    keys = list(dict.fromkeys(e.key for e in entries))  # a packed q/k/v tensor is three entries
+    frozen = [] if include_frozen else [key for key in keys if is_frozen(storage_of(model, key))]
+    warn_frozen("plan_transformer", frozen)
+    return InitPlan([e for e in entries if e.key not in frozen], scope="encoder-decoder", meta={
         "n_encoder": len(enc), "n_decoder": len(dec), "tfixup_factors": f if tfixup else None,
         "beta_enc": beta_enc, "beta_dec": beta_dec, "encoder_layers": enc, "decoder_layers": dec,
+        "frozen": frozen,
     })

@@ -10,14 +10,16 @@ one-shot iterator is replayed from the batches it already gave.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.layers import (
+    Storage, WeightLayer, draw_weight_, find_weight_layers, is_frozen, warn_frozen, weight_storage,
+)
 from emergeinit.options import FLAG, NON_NEGATIVE, Rule, optional
 from emergeinit.trace import Batch, is_batch, split_batch
 
@@ -30,6 +32,7 @@ __all__ = [
     "bn_batch_stats_mode",
     "placement",
     "batch_on",
+    "frozen_parameters",
     "free_params",
     "scaled_params",
     "call_with",
@@ -37,6 +40,7 @@ __all__ = [
     "NONLINEARITIES",
     "CLASSIFIER_RULES",
     "classifier_layer",
+    "writable_layers",
     "redraw_",
     "reset_biases_",
 ]
@@ -149,6 +153,14 @@ def batch_on(model: nn.Module, batch: Any) -> Tuple[Any, Any]:
     return to_device(batch[0], device), to_device(batch[1], device)
 
 
+def frozen_parameters(model: nn.Module, include_frozen: bool, method: str) -> List[str]:
+    """Names of the parameters with ``requires_grad=False``, which a search leaves as they are (named
+    in a warning); none with ``include_frozen``."""
+    frozen = [] if include_frozen else [n for n, p in model.named_parameters() if not p.requires_grad]
+    warn_frozen(method, frozen)
+    return frozen
+
+
 def free_params(model: nn.Module) -> Dict[str, torch.Tensor]:
     """Detached copies of every parameter, by name, that autograd can differentiate."""
     return {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
@@ -186,6 +198,7 @@ NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "c
 """The names ``torch.nn.init.calculate_gain`` knows."""
 
 CLASSIFIER_RULES: Dict[str, Rule] = {
+    "include_frozen": FLAG,
     "zero_bias": FLAG,
     "classifier_std": optional(NON_NEGATIVE),
     "classifier": optional((lambda name: isinstance(name, str), "a module name")),
@@ -206,26 +219,40 @@ def classifier_layer(layers: List[WeightLayer], name: Optional[str] = None) -> W
     return linears[-1]
 
 
-def redraw_(model: nn.Module, draw: Callable[[torch.Tensor], Any], *, zero_bias: bool,
-            classifier_std: Optional[float], classifier: Optional[str]) -> Dict[str, Any]:
+def writable_layers(layers: List[WeightLayer], include_frozen: bool,
+                    method: str) -> Tuple[List[Tuple[WeightLayer, Storage]], List[str]]:
+    """Each layer with where its weight is stored, and the keys of the frozen ones, left out (and
+    named in a warning) unless ``include_frozen``."""
+    stored = [(layer, weight_storage(layer.module, layer.param_name, layer.key)) for layer in layers]
+    frozen = [] if include_frozen else [layer.key for layer, s in stored if is_frozen(s)]
+    warn_frozen(method, frozen)
+    return [(layer, s) for layer, s in stored if layer.key not in frozen], frozen
+
+
+def redraw_(model: nn.Module, draw: Callable[[torch.Tensor], Any], method: str,
+            options: Mapping[str, Any]) -> Dict[str, Any]:
     """Redraw every weight layer (registration order, no forward pass) with ``draw``, or the
-    classifier from N(0, classifier_std²); zero the biases. Returns the record's details."""
+    classifier from N(0, classifier_std²); zero the biases. Frozen layers are left as they are
+    unless ``include_frozen``. ``options`` holds those of :data:`CLASSIFIER_RULES`. Returns the
+    record's details."""
+    classifier_std, include_frozen = options["classifier_std"], options["include_frozen"]
     layers = find_weight_layers(model, order="registration")
+    classifier = options["classifier"]
     head = classifier_layer(layers, classifier) if classifier_std is not None else None
-    with torch.no_grad():
-        for layer in layers:
-            if head is not None and layer.key == head.key:
-                nn.init.normal_(layer.weight, 0.0, classifier_std)
-            else:
-                draw(layer.weight)
-    if zero_bias:
-        reset_biases_(layers)
-    return {"layers": len(layers), "classifier": head.key if head is not None else None}
+    kept, frozen = writable_layers(layers, include_frozen, method)
+    for layer, stored in kept:
+        is_head = head is not None and layer.key == head.key
+        draw_weight_(stored, (lambda w: nn.init.normal_(w, 0.0, classifier_std)) if is_head else draw)
+    if options["zero_bias"]:
+        reset_biases_([layer for layer, _ in kept], include_frozen)
+    return {"layers": len(kept), "classifier": head.key if head is not None else None, "frozen": frozen}
 
 
-def reset_biases_(layers: List[WeightLayer]) -> None:
-    """Zero every weight layer's bias (the He and Glorot papers start biases at 0)."""
+def reset_biases_(layers: List[WeightLayer], include_frozen: bool = False) -> None:
+    """Zero every weight layer's bias (the He and Glorot papers start biases at 0); a frozen bias
+    only with ``include_frozen``."""
     with torch.no_grad():
         for layer in layers:
-            if layer.bias is not None:
-                layer.bias.zero_()
+            bias = layer.bias if layer.bias_key else None  # a parameter, never a computed tensor
+            if bias is not None and (include_frozen or bias.requires_grad):
+                bias.zero_()

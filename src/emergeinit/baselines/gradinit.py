@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LOSS_RULE, LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss, free_params, placement,
-    rescale_, scaled_params,
+    LOSS_RULE, LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss, free_params,
+    frozen_parameters, placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.options import (
@@ -61,6 +61,7 @@ RULES: Dict[str, Rule] = {
               "a pair of numbers in [0, 1)"),
     "eps": POSITIVE,
     "second_order": FLAG,
+    "include_frozen": FLAG,
 }
 
 
@@ -160,6 +161,7 @@ def gradinit_(
     betas: Tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     second_order: bool = False,
+    include_frozen: bool = False,
 ) -> InitRecord:
     """GradInit, in place. Returns the :class:`InitRecord` (details: steps of each kind, the
     gradient norm and objective per iteration, the final scales).
@@ -167,13 +169,15 @@ def gradinit_(
     ``data``: a batch ``(x, y)`` or an iterable of batches (the authors use 128 samples).
     ``lr``: Adam's step size on the scales; when None, :data:`GRADINIT_LR` ``[arch]``, else
     :data:`GRADINIT_DEFAULT_LR`. ``alg``: "sgd" or "adam", the optimizer whose first step is
-    anticipated. Tensors that start at zero (biases) keep no scale. ``second_order``:
+    anticipated. Tensors that start at zero (biases) keep no scale, nor do frozen ones (unless
+    ``include_frozen``; listed in ``details["frozen"]``, with a warning). ``second_order``:
     differentiate the objective through the anticipated step (one Hessian-vector product per
     objective step; the authors' code holds the step constant).
     """
     options = dict(loss_fn=loss_fn, iters=iters, lr=lr, arch=arch, gamma=gamma, eta=eta,
                    min_scale=min_scale, grad_clip=grad_clip, alg=alg,
-                   normalize_grad=normalize_grad, betas=betas, eps=eps, second_order=second_order)
+                   normalize_grad=normalize_grad, betas=betas, eps=eps, second_order=second_order,
+                   include_frozen=include_frozen)
     check_values("gradinit", options, RULES)
     step_lr = options["lr"] = _resolve_lr(lr, arch)
     loss_fn = options["loss_fn"] = loss_fn or default_loss
@@ -182,7 +186,8 @@ def gradinit_(
         device, dtype = placement(model)
         stream = batch_stream(data, "gradinit", device=device, need_targets=True)
         base = {n: p.detach() for n, p in model.named_parameters()}
-        scaled = [n for n, t in base.items() if float(t.norm()) > 0]
+        frozen = frozen_parameters(model, include_frozen, "gradinit")
+        scaled = [n for n, t in base.items() if float(t.norm()) > 0 and n not in frozen]
         floor = torch.tensor([0.0 if n.rsplit(".", 1)[-1].endswith("bias") else min_scale
                               for n in scaled], dtype=torch.float64)
         s = torch.ones(len(scaled), dtype=torch.float64)
@@ -227,6 +232,7 @@ def gradinit_(
         rescale_(model, {n: float(s[i]) for i, n in enumerate(scaled)})
         return {
             "iters": iters,
+            "frozen": frozen,
             "objective_steps": objective_opt.t,
             "constraint_steps": constraint_opt.t,
             "grad_norm": gnorms,

@@ -37,20 +37,22 @@ def kaiming_init_(
     zero_bias: bool = True,
     classifier_std: Optional[float] = None,
     classifier: Optional[str] = None,
+    include_frozen: bool = False,
 ) -> InitRecord:
     """Redraw every weight layer from He et al.'s distribution, in place; biases to zero.
 
     ``classifier_std``: draw the classifier (``classifier``, default the last Linear) from
     N(0, classifier_std²) instead (0.01 for the VGG of GradInit's code).
+    Frozen layers (``requires_grad=False``) are left as they are, with a warning, unless
+    ``include_frozen``; a weight-normed weight is drawn exactly (see docs/baselines.md).
     """
-    options = dict(mode=mode, nonlinearity=nonlinearity, a=a, distribution=distribution,
-                   zero_bias=zero_bias, classifier_std=classifier_std, classifier=classifier)
+    options = dict(mode=mode, nonlinearity=nonlinearity, a=a, distribution=distribution, zero_bias=zero_bias,
+                   classifier_std=classifier_std, classifier=classifier, include_frozen=include_frozen)
     check_values("kaiming", options, RULES)
 
     draw = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
 
     def body(meter) -> dict:
-        return redraw_(model, lambda w: draw(w, a=a, mode=mode, nonlinearity=nonlinearity),
-                       zero_bias=zero_bias, classifier_std=classifier_std, classifier=classifier)
+        return redraw_(model, lambda w: draw(w, a=a, mode=mode, nonlinearity=nonlinearity), "kaiming", options)
 
     return run_recorded(model, "kaiming", options, body)

@@ -12,14 +12,14 @@ layer it measures; it is counted as a forward pass.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List
 
 import torch
 from torch import nn
 
-from emergeinit.baselines._common import batch_stream, bn_batch_stats_mode
+from emergeinit.baselines._common import batch_stream, bn_batch_stats_mode, writable_layers
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.layers import WeightLayer, find_weight_layers
+from emergeinit.layers import Storage, draw_weight_, find_weight_layers, scale_weight_
 from emergeinit.options import FLAG, POSITIVE, Rule, at_least, check_values
 from emergeinit.trace import check_finite, forward_hooks, preserve_state, run_model
 
@@ -30,6 +30,7 @@ RULES: Dict[str, Rule] = {
     "max_iters": at_least(0),
     "target_var": POSITIVE,  # 0 once zeroed the first layer and reported it converged
     "orthonormal": FLAG,
+    "include_frozen": FLAG,
 }
 
 
@@ -37,11 +38,10 @@ class _Stop(Exception):
     """Raised by the measuring hook: the rest of the forward pass is not needed."""
 
 
-def orthonormal_(layers: List[WeightLayer]) -> None:
+def orthonormal_(weights: Iterable[Storage]) -> None:
     """Orthonormal start: each weight, flattened to (out, rest), gets orthonormal rows or columns."""
-    with torch.no_grad():
-        for layer in layers:
-            nn.init.orthogonal_(layer.weight)
+    for stored in weights:
+        draw_weight_(stored, nn.init.orthogonal_)
 
 
 def _measure(model: nn.Module, module: nn.Module, x: Any) -> torch.Tensor:
@@ -70,15 +70,18 @@ def lsuv_init_(
     max_iters: int = 10,
     target_var: float = 1.0,
     orthonormal: bool = True,
+    include_frozen: bool = False,
 ) -> InitRecord:
     """LSUV, in place. Returns the :class:`InitRecord` (details: per layer, the variances it
     measured and whether it converged).
 
     ``data``: a batch (``x`` or ``(x, y)``; labels are not used) or an iterable of batches,
     each measurement taking the next. Attention projections (whose output no module returns)
-    and layers never called get the orthonormal start only; they are listed as skipped.
+    and layers never called get the orthonormal start only; they are listed as skipped. Frozen layers
+    are left as they are (listed as frozen, with a warning) unless ``include_frozen``.
     """
-    options = dict(tol=tol, max_iters=max_iters, target_var=target_var, orthonormal=orthonormal)
+    options = dict(tol=tol, max_iters=max_iters, target_var=target_var, orthonormal=orthonormal,
+                   include_frozen=include_frozen)
     check_values("lsuv", options, RULES)
 
     def body(meter: CostMeter) -> Dict[str, Any]:
@@ -86,15 +89,15 @@ def lsuv_init_(
         device = params0[0].device if params0 else torch.device("cpu")
         stream = batch_stream(data, "lsuv", device=device, need_targets=False)
         x0, _ = next(stream)
-        layers = find_weight_layers(model, x0)  # execution order (one forward pass)
+        layers, frozen = writable_layers(find_weight_layers(model, x0), include_frozen, "lsuv")  # execution order
         t0 = time.perf_counter()
         if orthonormal:
-            orthonormal_(layers)
+            orthonormal_(stored for _, stored in layers)
         orthonormal_seconds = time.perf_counter() - t0
         report: Dict[str, Dict[str, Any]] = {}
         skipped: List[str] = []
         with preserve_state(model), bn_batch_stats_mode(model):
-            for layer in layers:
+            for layer, stored in layers:
                 if layer.kind == "attention":
                     skipped.append(layer.key)
                     continue
@@ -113,14 +116,13 @@ def lsuv_init_(
                         break
                     if attempt == max_iters or float(var) == 0.0:
                         break
-                    with torch.no_grad():
-                        layer.weight.mul_(float((target_var / var).sqrt()))
+                    scale_weight_(stored, float((target_var / var).sqrt()))
                 if not variances:
                     skipped.append(layer.key)
                     continue
                 report[layer.key] = {"variances": variances, "measurements": len(variances),
                                      "converged": converged}
-        return {"layers": report, "skipped": skipped, "orthonormal_seconds": orthonormal_seconds,
+        return {"layers": report, "skipped": skipped, "frozen": frozen, "orthonormal_seconds": orthonormal_seconds,
                 "converged": sum(r["converged"] for r in report.values()),
                 "measured": len(report)}
 

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LOSS_RULE, LossFn, batch_on, batch_stream, call_with, default_loss, free_params, placement, rescale_, scaled_params,
+    LOSS_RULE, LossFn, batch_on, batch_stream, call_with, default_loss, free_params, frozen_parameters,
+    placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.options import FRACTION, POSITIVE, UNIT_INTERVAL, Rule, at_least, check_values, optional
+from emergeinit.options import FLAG, FRACTION, POSITIVE, UNIT_INTERVAL, Rule, at_least, check_values, optional
 from emergeinit.trace import NonFiniteError, check_finite, infer_example_input, preserve_state
 
 __all__ = ["metainit_", "gradient_quotient", "RULES"]
@@ -36,6 +37,7 @@ RULES: Dict[str, Rule] = {
     "input_shape": optional((lambda shape: isinstance(shape, (tuple, list)) and len(shape) > 0
                              and all(at_least(1)[0](n) for n in shape), "a sequence of positive ints")),
     "min_scale": UNIT_INTERVAL,
+    "include_frozen": FLAG,
 }
 
 
@@ -86,6 +88,7 @@ def metainit_(
     batch_size: int = 128,
     input_shape: Optional[Sequence[int]] = None,
     min_scale: float = 0.01,
+    include_frozen: bool = False,
 ) -> InitRecord:
     """MetaInit, in place. Returns the :class:`InitRecord` (details: the GQ at every step).
 
@@ -93,10 +96,11 @@ def metainit_(
     ``batch_size`` samples of the shape inferred from the first layer) with labels drawn
     uniformly from the model's output width; or a batch / iterable of batches ``(x, y)``.
     ``min_scale``: a norm never drops below this fraction of its start (a guard the paper's
-    code lacks: there, a step past zero flips the tensor's sign).
+    code lacks: there, a step past zero flips the tensor's sign). Frozen tensors keep their norm
+    (listed in ``details["frozen"]``, with a warning) unless ``include_frozen``.
     """
     options = dict(loss_fn=loss_fn, steps=steps, lr=lr, momentum=momentum, eps=eps, batch_size=batch_size,
-                   input_shape=input_shape, min_scale=min_scale)
+                   input_shape=input_shape, min_scale=min_scale, include_frozen=include_frozen)
     check_values("metainit", options, RULES)
     loss_fn = options["loss_fn"] = loss_fn or default_loss
     options = {"data": "random N(0,1)" if data is None else "given", **options}
@@ -110,7 +114,8 @@ def metainit_(
         else:
             stream = batch_stream(data, "metainit", device=device, need_targets=True)
         base = {n: p.detach() for n, p in model.named_parameters()}
-        tuned = [n for n, t in base.items() if t.dim() >= 2 and float(t.norm()) > 0]
+        frozen = frozen_parameters(model, include_frozen, "metainit")
+        tuned = [n for n, t in base.items() if t.dim() >= 2 and float(t.norm()) > 0 and n not in frozen]
         norm0 = torch.tensor([float(base[n].norm()) for n in tuned], dtype=torch.float64)
         norm = norm0.clone()
         memory = torch.zeros_like(norm0)
@@ -142,6 +147,7 @@ def metainit_(
         rescale_(model, {n: float(norm[i] / norm0[i]) for i, n in enumerate(tuned)})
         return {
             "steps": steps,
+            "frozen": frozen,
             "tuned_tensors": len(tuned),
             "gq_first": history[0],
             "gq_last": history[-1],

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping
 import torch
 from torch import nn
 
-from emergeinit.layers import find_weight_layers
+from emergeinit.layers import check_writable, find_weight_layers
 from emergeinit.trace import forward_hooks, refuse_meta
 
 __all__ = ["InitRecord", "CostMeter", "run_recorded", "jsonable"]
@@ -128,11 +128,13 @@ def run_recorded(
     """Run ``body(meter)`` on ``model`` and return its :class:`InitRecord`.
 
     The weight layers are listed first (registration order, no forward pass): a model without
-    any, or one on the meta device, raises ``ValueError`` before anything changes. If ``body`` raises, every parameter and
+    any, one on the meta device, or one whose weights cannot be written exactly (parametrized other
+    than by weight_norm), raises ``ValueError`` before anything changes. If ``body`` raises, every parameter and
     buffer is put back as it was and the error propagates. ``body`` returns the record's details.
     """
     refuse_meta(model, f"initialize(..., {method!r})")
     layers = find_weight_layers(model, order="registration")
+    check_writable(layers)  # before any weight is read
     keys = [l.key for l in layers]
     start = _norms(keys, [l.weight for l in layers])
     saved = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]

@@ -33,18 +33,19 @@ def xavier_init_(
     zero_bias: bool = True,
     classifier_std: Optional[float] = None,
     classifier: Optional[str] = None,
+    include_frozen: bool = False,
 ) -> InitRecord:
-    """Redraw every weight layer from Glorot's distribution (Var = gain²·2/(fan_in+fan_out))."""
-    options = dict(gain=gain, distribution=distribution, zero_bias=zero_bias,
-                   classifier_std=classifier_std, classifier=classifier)
+    """Redraw every weight layer from Glorot's distribution (Var = gain²·2/(fan_in+fan_out)); frozen
+    layers only with ``include_frozen``, as :func:`~emergeinit.baselines.kaiming_init_`."""
+    options = dict(gain=gain, distribution=distribution, zero_bias=zero_bias, classifier_std=classifier_std,
+                   classifier=classifier, include_frozen=include_frozen)
     check_values("xavier", options, RULES)
     g = nn.init.calculate_gain(gain) if isinstance(gain, str) else float(gain)
 
     draw = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
 
     def body(meter) -> dict:
-        details = redraw_(model, lambda w: draw(w, gain=g), zero_bias=zero_bias,
-                          classifier_std=classifier_std, classifier=classifier)
+        details = redraw_(model, lambda w: draw(w, gain=g), "xavier", options)
         return {**details, "gain": g}
 
     return run_recorded(model, "xavier", options, body)
