@@ -42,6 +42,7 @@ _EXPORTS: Dict[str, str] = {
     "layerwise_lr_groups": "emergeinit.tuning",
     # baselines, one API
     "initialize": "emergeinit.baselines",
+    "check_options": "emergeinit.baselines",
     "InitRecord": "emergeinit.baselines",
 }
 
@@ -62,7 +63,7 @@ def __dir__() -> List[str]:
 
 
 if TYPE_CHECKING:  # static names for type checkers and IDEs
-    from emergeinit.baselines import InitRecord, initialize
+    from emergeinit.baselines import InitRecord, check_options, initialize
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
     from emergeinit.init import apply_plan_, emergence_init_, encoder_decoder_init_, tfixup_init_
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers

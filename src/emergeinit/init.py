@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from emergeinit.layers import ModuleSpec, NormedWeight, packed_qkv_rows, storage_of, weight_parameter
-from emergeinit.options import FLAG, POSITIVE, Rule, check_values
+from emergeinit.options import FLAG, POSITIVE, Rule, check_values, one_of, optional
 from emergeinit.plan import InitPlan, PlannedLayer, check_plan_options, plan_emergence, plan_transformer
 from emergeinit.schedules import Schedule
 
@@ -400,7 +400,10 @@ def check_emergence_options(options: Mapping[str, Any]) -> None:
     _as_base(options.get("base", "kaiming"), {k: v for k, v in options.items() if k not in named})
 
 
-TRANSFORMER_RULES: Dict[str, Rule] = {"gain": POSITIVE, "scale_embeddings": FLAG, "include_frozen": FLAG}
+TRANSFORMER_RULES: Dict[str, Rule] = {
+    "beta_enc": POSITIVE, "beta_dec": POSITIVE, "base": optional(one_of("tfixup", "xavier")),
+    "gain": POSITIVE, "scale_embeddings": FLAG, "include_frozen": FLAG,
+}
 """The options of :func:`tfixup_init_` and :func:`encoder_decoder_init_` a rule can check."""
 
 

@@ -1,16 +1,18 @@
-"""What a valid option value is, in one place: rules that every method checks its options against
-before it changes anything (pure; no torch).
+"""What a valid option is, in one place: rules that every method checks its options against before
+it changes anything (pure; no torch).
 
 A :data:`Rule` is a test and the words that say what passes it. :func:`check_values` checks the
 options present in a mapping, so a method checks its own arguments and a grid checks a config's
-``init_options`` with the same table, before the first run.
+``init_options`` with the same table, before the first run; :func:`bind_options` checks their
+names against the method's signature.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from typing import Any, Callable, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 __all__ = [
     "Rule",
@@ -24,6 +26,7 @@ __all__ = [
     "one_of",
     "optional",
     "check_values",
+    "bind_options",
 ]
 
 Rule = Tuple[Callable[[Any], bool], str]
@@ -65,3 +68,20 @@ def check_values(method: str, options: Mapping[str, Any], rules: Mapping[str, Ru
     for name, (test, what) in rules.items():
         if name in options and not test(options[name]):
             raise ValueError(f"{method}: {name} must be {what}, got {options[name]!r}")
+
+
+def bind_options(function: Callable[..., Any], options: Mapping[str, Any], method: str) -> Dict[str, Any]:
+    """``options`` bound to the parameters of ``function`` after its first (the model), defaults
+    filled in and ``**kwargs`` flattened: what a call would receive. An unknown or missing option
+    is a TypeError that lists the known ones."""
+    signature = inspect.signature(function)
+    try:
+        bound = signature.bind(None, **options)  # None stands for the model
+    except TypeError as err:
+        raise TypeError(f"{method}: {err} (its options: {', '.join(list(signature.parameters)[1:])})") from None
+    bound.apply_defaults()
+    values: Dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        is_rest = signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
+        values.update(value if is_rest else {name: value})
+    return values

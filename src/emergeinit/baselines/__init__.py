@@ -11,8 +11,7 @@ they were.
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Union
 
 from torch import nn
 
@@ -23,8 +22,10 @@ from emergeinit.baselines.lsuv import lsuv_init_
 from emergeinit.baselines.metainit import gradient_quotient, metainit_
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.baselines.xavier import xavier_init_
-from emergeinit.init import TRANSFORMER_RULES, check_emergence_options, emergence_init_, tfixup_init_
-from emergeinit.options import check_values
+from emergeinit.init import (
+    TRANSFORMER_RULES, check_emergence_options, emergence_init_, encoder_decoder_init_, tfixup_init_,
+)
+from emergeinit.options import Rule, bind_options, check_values
 from emergeinit.trace import NonFiniteError
 
 __all__ = [
@@ -69,15 +70,26 @@ METHODS: Dict[str, Callable[..., InitRecord]] = {
 }
 
 
+def _checker(method: str, rules: Mapping[str, Rule]) -> Callable[[Mapping[str, Any]], None]:
+    return lambda options: check_values(method, options, rules)
+
+
 #: method name -> the check of its option values, without a model (each method runs it first)
 VALUE_CHECKS: Dict[str, Callable[[Mapping[str, Any]], None]] = {
-    "kaiming": lambda options: check_values("kaiming", options, kaiming.RULES),
-    "xavier": lambda options: check_values("xavier", options, xavier.RULES),
+    "kaiming": _checker("kaiming", kaiming.RULES),
+    "xavier": _checker("xavier", xavier.RULES),
     "emergence": check_emergence_options,
-    "tfixup": lambda options: check_values("tfixup", options, TRANSFORMER_RULES),
-    "metainit": lambda options: check_values("metainit", options, metainit.RULES),
-    "gradinit": lambda options: check_values("gradinit", options, gradinit.RULES),
-    "lsuv": lambda options: check_values("lsuv", options, lsuv.RULES),
+    "tfixup": _checker("tfixup", TRANSFORMER_RULES),
+    "metainit": _checker("metainit", metainit.RULES),
+    "gradinit": _checker("gradinit", gradinit.RULES),
+    "lsuv": _checker("lsuv", lsuv.RULES),
+}
+
+#: the core's in-place inits -> the check of their option values
+FUNCTION_CHECKS: Dict[Callable[..., Any], Callable[[Mapping[str, Any]], None]] = {
+    emergence_init_: check_emergence_options,
+    tfixup_init_: _checker("tfixup_init_", TRANSFORMER_RULES),
+    encoder_decoder_init_: _checker("encoder_decoder_init_", TRANSFORMER_RULES),
 }
 
 
@@ -94,20 +106,17 @@ def initialize(model: nn.Module, method: str, **options: Any) -> InitRecord:
     return METHODS[_method_key(method)](model, **options)
 
 
-def check_options(method: str, options: Mapping[str, Any]) -> None:
-    """Check ``method``'s ``options`` without a model or data, as :func:`initialize` would before
-    any change: an unknown method or a bad value is a ValueError, an unknown or missing option name
-    a TypeError. What only a model can tell (a block pattern, a classifier name) waits for the run.
-    A grid of runs calls this for every config before its first run."""
-    key = _method_key(method)
-    signature = inspect.signature(METHODS[key])
-    try:
-        bound = signature.bind(None, **options)  # None stands for the model
-    except TypeError as err:
-        raise TypeError(f"{key}: {err} (its options: {', '.join(list(signature.parameters)[1:])})") from None
-    bound.apply_defaults()
-    values: Dict[str, Any] = {}
-    for name, value in list(bound.arguments.items())[1:]:
-        is_rest = signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
-        values.update(value if is_rest else {name: value})
-    VALUE_CHECKS[key](values)
+def check_options(method: Union[str, Callable[..., Any]], options: Mapping[str, Any]) -> None:
+    """Check ``options`` without a model or data, as the method would before any change: an unknown
+    method or a bad value is a ValueError, an unknown or missing option name a TypeError. What only
+    a model can tell (a block pattern, a classifier name) waits for the run. ``method`` is a name of
+    :data:`METHODS`, or one of the core's in-place inits (``encoder_decoder_init_``). A grid of runs
+    calls this for every config before its first run."""
+    if callable(method):
+        if method not in FUNCTION_CHECKS:
+            raise ValueError(f"no option check for {getattr(method, '__name__', method)!r}")
+        function, check, name = method, FUNCTION_CHECKS[method], method.__name__
+    else:
+        name = _method_key(method)
+        function, check = METHODS[name], VALUE_CHECKS[name]
+    check(bind_options(function, options, name))
