@@ -68,3 +68,11 @@ def test_report_table_and_plots_from_results_file(results_file, tmp_path, capsys
 def test_demo_grid_equals_its_config_file():
     assert expand_grid(DEMO_SPEC) == load_grid("configs/demo.yaml")
     assert len(expand_grid(DEMO_SPEC)) == 4 * 3
+
+
+def test_report_on_a_missing_path_fails_and_writes_nothing(tmp_path, results_file, capsys):
+    missing = tmp_path / "typo.jsonl"
+    assert cli_main(["report", str(results_file), str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no such results file" in err and str(missing) in err
+    assert not (tmp_path / "out").exists()

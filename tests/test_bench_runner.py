@@ -8,6 +8,7 @@ from emergeinit.bench.config import resolve_config, run_id
 from emergeinit.bench.grid import apply_sets, expand_grid, filter_configs, load_grid
 from emergeinit.bench.records import append_record, finished_ids, latest_records, read_records
 from emergeinit.bench.runner import run_grid
+from emergeinit.cli import main as cli_main
 
 
 def fake_task(config, *, progress=True):
@@ -156,3 +157,55 @@ def test_the_committed_results_match_their_configs_under_the_new_key_names():
     for name in ("table2_cpu", "table1_cpu_slice"):
         ids = {run_id(resolve_config(c)) for c in load_grid(f"configs/{name}.yaml")}
         assert ids <= finished_ids(f"results/{name}.jsonl"), name
+
+
+# --------------------------------------------------------------- configs checked before any run
+
+def test_a_typo_in_init_options_stops_the_grid_before_its_first_run(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(runner, "run_task", lambda config, progress=True: calls.append(config) or fake_task(config))
+    results = tmp_path / "r.jsonl"
+    configs = apply_sets(expand_grid(SPEC), ["init_options.alpah=3"])
+    with pytest.raises(ValueError, match=r"(?s)8 of 8 configs are invalid, nothing was run.*unexpected keyword "
+                                         r"argument 'alpah'.*unknown option 'alpah'") as err:
+        run_grid(configs, results, progress=False)
+    assert "4 config(s)" in str(err.value)  # one line per distinct problem, not per run
+    assert calls == [] and not results.exists()
+    bad = [{"task": "image", "init": "lsuv", "init_options": {"target_var": 0}},
+           {"task": "image", "init": "emergence", "init_options": {"schedule": "normalized"}}]
+    with pytest.raises(ValueError, match=r"(?s)2 of 2 .*target_var must be a positive.*missing a required argument"):
+        run_grid(bad, results, progress=False)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("task: image\nprotocol: seed\ngrid: {init: [kaiming], seed: [0]}\n")
+    assert cli_main(["compare", "--config", str(grid), "--results", str(results), "--set",
+                     "init_options.mode=fan_avg", "--dry-run"]) == 2
+    assert "mode must be one of 'fan_in', 'fan_out', got 'fan_avg'" in capsys.readouterr().err
+    assert calls == [] and not results.exists()
+
+
+def test_translation_init_options_are_checked_as_apply_init_uses_them():
+    from emergeinit.bench.runner import check_configs
+
+    def config(init, **options):
+        return resolve_config({"task": "translation", "init": init, "init_options": options})
+
+    check_configs([config("default"), config("xavier"), config("tfixup"), config("emergence", alpha=5.0),
+                   config("emergence_encdec", beta_dec=2.0)])
+    for bad, match in [(config("emergence_encdec", beta_dec=0.0), "beta_dec must be a positive"),
+                       (config("emergence_encdec", alpha=2.0), "unexpected keyword argument 'alpha'"),
+                       (config("default", alpha=2.0), "'default' takes no options"),
+                       (config("emergence", scope="local"), "unknown scope")]:
+        with pytest.raises(ValueError, match=match):
+            check_configs([bad])
+
+
+def test_yaml_exponent_floats_are_floats_in_grid_files_and_sets(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("task: image\ndefaults: {lr: 1.0e-3, weight_decay: 5e-4}\n"
+                    "grid: {init_options.alpha: [1.0e6, 2e0], seed: [0]}\n")
+    configs = load_grid(grid)
+    assert [c["init_options"]["alpha"] for c in configs] == [1e6, 2.0]
+    assert all(c["lr"] == 1e-3 and c["weight_decay"] == 5e-4 for c in configs)
+    assert apply_sets(configs, ["lr=1.0e6"])[0]["lr"] == 1e6
+    assert apply_sets(configs, ["lr=2.5E-4", "data_dir=1e6x"])[0] == {**configs[0], "lr": 2.5e-4,
+                                                                      "data_dir": "1e6x"}

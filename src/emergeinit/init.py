@@ -183,8 +183,8 @@ def _as_base(base: BaseLike, options: Any) -> Optional[BaseInit]:
     known = [f.name for f in fields(BaseInit) if f.name != "name"]
     unknown = [k for k in options if k not in known]
     if unknown:
-        raise TypeError(f"unknown option {', '.join(map(repr, unknown))}: the method's own are those of "
-                        f"plan_emergence, the base draw's {', '.join(known)}")
+        raise TypeError(f"unknown option {', '.join(map(repr, unknown))}: not an option of emergence_init_ "
+                        f"or apply_plan_, nor of the base draw ({', '.join(known)})")
     if isinstance(base, BaseInit):
         return replace(base, **options) if options else base
     if base is None:

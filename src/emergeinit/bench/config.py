@@ -198,13 +198,15 @@ class Task:
     protocols: Mapping[str, Mapping[str, Any]]
     id_ignored: Tuple[str, ...]         # keys that cannot change a result: left out of run ids
     finish: Callable[[Dict[str, Any]], None]  # fills in derived values, checks choices
+    check: str                          # "module:function": checks init and init_options, no run
 
 
 TASKS: Dict[str, Task] = {
     "image": Task("emergeinit.bench.image:run", IMAGE, IMAGE_PROTOCOLS,
-                  ("data_dir", "download", "cpu_threads"), _finish_image),
+                  ("data_dir", "download", "cpu_threads"), _finish_image, "emergeinit.bench.image:check_init"),
     "translation": Task("emergeinit.bench.translation.train:run", TRANSLATION, TRANSLATION_PROTOCOLS,
-                        ("data_dir", "cache_dir", "cpu_threads"), _finish_translation),
+                        ("data_dir", "cache_dir", "cpu_threads"), _finish_translation,
+                        "emergeinit.bench.translation.train:check_init"),
 }
 
 

@@ -10,13 +10,15 @@ Runs come out seed-major (every cell's seed 0 first), so a grid stopped early ha
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 from emergeinit.bench.config import set_dotted as _set_dotted
 
-__all__ = ["expand_grid", "load_grid", "parse_assignment", "apply_sets", "filter_configs"]
+__all__ = ["expand_grid", "read_yaml", "load_grid", "parse_assignment", "apply_sets", "filter_configs"]
 
 _TOP_KEYS = {"task", "protocol", "defaults", "grid", "cells", "name", "description"}
 
@@ -57,25 +59,45 @@ def expand_grid(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
     return sorted(configs, key=lambda c: (c.get("seed", 0) if isinstance(c.get("seed", 0), int) else 0))
 
 
-def load_grid(path: Union[str, Path]) -> List[Dict[str, Any]]:
-    """Read a YAML grid file and expand it."""
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
+
+def read_yaml(text: Any) -> Any:
+    """YAML (a string or a stream) as ``yaml.safe_load`` reads it, except that ``1e6``, ``1.0e6`` and
+    ``2.5E-4`` are floats, as in YAML 1.2 (PyYAML's YAML 1.1 wants ``1.0e+6`` and reads the others
+    as strings, which reached a run as ``lr: "1.0e6"``)."""
     import yaml
 
+    return yaml.load(text, Loader=_loader())
+
+
+@functools.lru_cache(maxsize=None)
+def _loader() -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader plus exponent floats without a dot or a sign."""
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return Loader
+
+
+def load_grid(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """Read a YAML grid file (:func:`read_yaml`) and expand it."""
     with open(path) as f:
-        spec = yaml.safe_load(f) or {}
+        spec = read_yaml(f) or {}
     if not isinstance(spec, Mapping):
         raise ValueError(f"{path}: a grid file is a mapping (task, protocol, defaults, grid, cells)")
     return expand_grid(spec)
 
 
 def parse_assignment(text: str) -> Tuple[str, Any]:
-    """``key=value`` with the value read as YAML (``lr=0.05``, ``amp=true``, ``data_dir=/x``)."""
-    import yaml
-
+    """``key=value`` with the value read as YAML (:func:`read_yaml`: ``lr=0.05``, ``lr=1e-3``,
+    ``amp=true``, ``data_dir=/x``)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ValueError(f"expected key=value, got {text!r}")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), read_yaml(raw) if raw.strip() else None
 
 
 def apply_sets(configs: Iterable[Dict[str, Any]], sets: Sequence[str]) -> List[Dict[str, Any]]:

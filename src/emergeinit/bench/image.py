@@ -180,6 +180,12 @@ def _init_batches(data: ImageData, config: Mapping[str, Any],
             yield prepare_batch(data, data.train_x[idx], config, generator), data.train_y[idx]
 
 
+def check_init(config: Mapping[str, Any]) -> None:
+    """The config's init and its options, checked as :func:`emergeinit.initialize` would, without a
+    model (a grid runs this for every config before its first run)."""
+    ei.check_options(config["init"], dict(config.get("init_options") or {}))
+
+
 def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
                 generator: Optional[torch.Generator]) -> Dict[str, Any]:
     options = dict(config.get("init_options") or {})

@@ -16,20 +16,42 @@ import functools
 import importlib
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from emergeinit.bench.config import resolve_config, run_id, task_spec
 from emergeinit.bench.env import device_name, git_commit, versions
 from emergeinit.bench.loop import pick_device
 from emergeinit.bench.records import PathLike, append_record, finished_ids
 
-__all__ = ["execute", "run_task", "InProcessExecutor", "run_grid"]
+__all__ = ["execute", "run_task", "check_configs", "InProcessExecutor", "run_grid"]
+
+
+def _task_function(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_task(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Run a resolved config with its task's run function (imported only now)."""
-    module, _, name = task_spec(config["task"]).run.partition(":")
-    return getattr(importlib.import_module(module), name)(config, progress=progress)
+    return _task_function(task_spec(config["task"]).run)(config, progress=progress)
+
+
+def check_configs(configs: Sequence[Mapping[str, Any]]) -> None:
+    """Check every resolved config's init and init options with its task's check, without running
+    anything: one ValueError that names every bad config (its id and what is wrong), so a typo such
+    as ``init_options.alpah`` stops a grid before its first run, not in each run."""
+    problems: Dict[str, List[str]] = {}  # what is wrong -> the ids of the configs it is wrong in
+    for config in configs:
+        try:
+            _task_function(task_spec(config["task"]).check)(config)
+        except (ValueError, TypeError) as err:
+            what = f"init {config.get('init')!r} with init_options {config.get('init_options')}: {err}"
+            problems.setdefault(what, []).append(run_id(config))
+    if problems:
+        bad = sum(map(len, problems.values()))
+        raise ValueError(f"{bad} of {len(configs)} configs are invalid, nothing was run:\n" + "\n".join(
+            f"  {len(ids)} config(s) ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}): {what}"
+            for what, ids in problems.items()))
 
 
 def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
@@ -71,8 +93,9 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
              on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
              stop_after_s: Optional[float] = None) -> Dict[str, int]:
     """Run every config of a grid that has no finished record in ``results``, appending each
-    record as it comes back. Returns counts: total, skipped (already done), run, ok, diverged,
-    error. ``limit`` caps how many pending runs start; ``stop_after_s``: start no run after that
+    record as it comes back; the pending configs are checked first (:func:`check_configs`), so an
+    invalid one stops the grid before any run. Returns counts: total, skipped (already done), run,
+    ok, diverged, error. ``limit`` caps how many pending runs start; ``stop_after_s``: start no run after that
     many seconds (with the in-process executor), so a time-boxed part ends cleanly."""
     t0 = time.perf_counter()
     unique: Dict[str, Dict[str, Any]] = {}
@@ -81,6 +104,7 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
         unique.setdefault(run_id(resolved), resolved)
     done = finished_ids(results)
     pending = [c for i, c in unique.items() if i not in done]
+    check_configs(pending)
     skipped = len(unique) - len(pending)
     if limit is not None:
         pending = pending[: max(0, int(limit))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 __all__ = ["add_arguments", "main"]
@@ -27,14 +28,19 @@ def main(args: argparse.Namespace) -> int:
     from emergeinit.bench.config import resolve_config, run_id
     from emergeinit.bench.grid import apply_sets, filter_configs, load_grid
     from emergeinit.bench.records import finished_ids
-    from emergeinit.bench.runner import run_grid
+    from emergeinit.bench.runner import check_configs, run_grid
 
     results = Path(args.results or Path("results") / (Path(args.config).stem + ".jsonl"))
-    configs = filter_configs(apply_sets(load_grid(args.config), args.set), args.where)
+    try:  # every config resolves and its init options check out, or nothing runs
+        configs = filter_configs(apply_sets(load_grid(args.config), args.set), args.where)
+        resolved = [resolve_config(c) for c in configs]
+        check_configs(resolved)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"emergeinit compare: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         done = finished_ids(results)
-        for c in configs:
-            rc = resolve_config(c)
+        for rc in resolved:
             i = run_id(rc)
             shown = {k: rc[k] for k in ("model", "init", "init_options", "extra_epoch", "seed") if k in rc}
             print(f"{i} {'done' if i in done else 'todo'} {json.dumps(shown, sort_keys=True)}")

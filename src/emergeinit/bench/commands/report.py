@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_arguments", "main", "write_report"]
@@ -41,6 +42,10 @@ def write_report(paths, out_dir) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    missing = [p for p in args.results if not Path(p).is_file()]
+    if missing:  # a mistyped path must not look like a results file without records
+        print(f"emergeinit report: no such results file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     first = Path(args.results[0])
     out = Path(args.out) if args.out else first.with_name(first.stem + "_report")
     print(write_report(args.results, out))

@@ -66,6 +66,20 @@ def apply_init(model: torch.nn.Module, init: str, options: Mapping[str, Any],
     return ei.initialize(model, init, **options).to_dict()
 
 
+def check_init(config: Mapping[str, Any]) -> None:
+    """The config's init and its options, checked as :func:`apply_init` would use them, without a
+    model (a grid runs this for every config before its first run)."""
+    init, options = config["init"], dict(config.get("init_options") or {})
+    if init == "default" and options:
+        raise ValueError(f"init 'default' takes no options, got {sorted(options)}")
+    if init == "emergence_encdec":
+        ei.check_options(ei.encoder_decoder_init_, options)
+    elif init == "emergence":
+        ei.check_options(init, {"scope": "blockwise", "base": "xavier", "alpha": 10.0, **options})
+    elif init != "default":
+        ei.check_options(init, options)
+
+
 def _loss(model, batch: Batch, label_smoothing: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(label-smoothed loss, NLL), both summed over the batch's target tokens."""
     logits = model(batch.src, batch.tgt_in).float().flatten(0, 1)
