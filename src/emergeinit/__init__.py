@@ -42,6 +42,7 @@ _EXPORTS: Dict[str, str] = {
     "layerwise_lr_groups": "emergeinit.tuning",
     # baselines, one API
     "initialize": "emergeinit.baselines",
+    "NonFiniteError": "emergeinit.trace",
     "check_options": "emergeinit.baselines",
     "InitRecord": "emergeinit.baselines",
 }
@@ -69,5 +70,6 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
     from emergeinit.plan import InitPlan, PlannedLayer, plan_emergence
     from emergeinit.probe import EmergenceReport, LayerActivity, layer_graph, measure_emergence
+    from emergeinit.trace import NonFiniteError
     from emergeinit.schedules import alpha_for_lr
     from emergeinit.tuning import auto_alpha, layerwise_lr_groups

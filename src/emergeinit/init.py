@@ -248,7 +248,8 @@ def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float]
         what = (f"scaling {key} by {factor:.6g} leaves {underflow:.1%} of its values subnormal or zero in "
                 f"{w.dtype} (below {info.tiny:.3g})")
         if underflow > UNDERFLOW_REFUSE:
-            raise ValueError(f"{what}: refused above {UNDERFLOW_REFUSE:.0%}; use a smaller alpha or a wider dtype")
+            raise ValueError(f"{what}: refused above {UNDERFLOW_REFUSE:.0%}; use a smaller alpha or a "
+                             "wider dtype")
         warnings.warn(f"{what}: they lose precision", UnderflowWarning, stacklevel=4)
 
 
@@ -298,7 +299,8 @@ def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, s
         draws = pieces(l, target)
         if draws:
             tiny = torch.finfo(w.dtype).tiny if w.is_floating_point() else 0.0
-            _check_range(l.key, w, l.factor, max(d.peak for _, d in draws), _drawn_underflow(draws, l.factor, tiny))
+            _check_range(l.key, w, l.factor, max(d.peak for _, d in draws),
+                         _drawn_underflow(draws, l.factor, tiny))
         else:
             current = normed.value().detach() if normed is not None else target
             _check_range(l.key, w, l.factor, None if l.factor == 1.0 else _measured_peak(current),

@@ -78,7 +78,8 @@ def bind_options(function: Callable[..., Any], options: Mapping[str, Any], metho
     try:
         bound = signature.bind(None, **options)  # None stands for the model
     except TypeError as err:
-        raise TypeError(f"{method}: {err} (its options: {', '.join(list(signature.parameters)[1:])})") from None
+        known = ", ".join(list(signature.parameters)[1:])
+        raise TypeError(f"{method}: {err} (its options: {known})") from None
     bound.apply_defaults()
     values: Dict[str, Any] = {}
     for name, value in list(bound.arguments.items())[1:]:

@@ -249,7 +249,8 @@ def _run(runner: nn.Module, model: nn.Module, inputs: Any, counts: _Counts) -> N
 
 # ------------------------------------------------------------------------- two ways to read nodes
 
-def _count_traced(model: nn.Module, traced: FxLayers, counts: _Counts, inputs: Any) -> Tuple[LayerGraph, FrozenSet[str]]:
+def _count_traced(model: nn.Module, traced: FxLayers, counts: _Counts,
+                  inputs: Any) -> Tuple[LayerGraph, FrozenSet[str]]:
     """Run the fx-traced module with a tap on each layer node's value."""
     for node, read in zip(traced.graph.nodes, traced.reads):
         counts.add_layer(node.name, read.kind, node.width)

@@ -108,7 +108,8 @@ def auto_alpha(
                 kw = {} if threshold is None else {"threshold": threshold}
                 try:
                     with torch.no_grad():
-                        trial["log10_emergence"] = float((measure or measure_emergence)(twin, example, **kw).log10)
+                        report = (measure or measure_emergence)(twin, example, **kw)
+                    trial["log10_emergence"] = float(report.log10)
                 except NonFiniteError:
                     if a == 1.0:
                         raise
@@ -204,7 +205,8 @@ def input_grad_norms(
             sq[key] = sq.get(key, 0.0) + float(g.detach().double().pow(2).sum())
     bad = [f"{l.key} ({math.sqrt(sq[l.key])})" for l in layers if l.key in sq and not math.isfinite(sq[l.key])]
     if bad:
-        raise NonFiniteError(f"input_grad_norms: the input gradient of {', '.join(bad)} is not finite (the loss is finite)")
+        raise NonFiniteError(f"input_grad_norms: the input gradient of {', '.join(bad)} is not finite "
+                             "(the loss is finite)")
     return {l.key: (math.sqrt(sq[l.key]) if l.key in sq else None) for l in layers}
 
 

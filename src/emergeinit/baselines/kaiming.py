@@ -53,6 +53,7 @@ def kaiming_init_(
     draw = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
 
     def body(meter) -> dict:
-        return redraw_(model, lambda w: draw(w, a=a, mode=mode, nonlinearity=nonlinearity), "kaiming", options)
+        return redraw_(model, lambda w: draw(w, a=a, mode=mode, nonlinearity=nonlinearity), "kaiming",
+                       options)
 
     return run_recorded(model, "kaiming", options, body)

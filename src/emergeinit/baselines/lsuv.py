@@ -89,7 +89,8 @@ def lsuv_init_(
         device = params0[0].device if params0 else torch.device("cpu")
         stream = batch_stream(data, "lsuv", device=device, need_targets=False)
         x0, _ = next(stream)
-        layers, frozen = writable_layers(find_weight_layers(model, x0), include_frozen, "lsuv")  # execution order
+        in_order = find_weight_layers(model, x0)  # execution order (one forward pass)
+        layers, frozen = writable_layers(in_order, include_frozen, "lsuv")
         t0 = time.perf_counter()
         if orthonormal:
             orthonormal_(stored for _, stored in layers)
@@ -122,7 +123,8 @@ def lsuv_init_(
                     continue
                 report[layer.key] = {"variances": variances, "measurements": len(variances),
                                      "converged": converged}
-        return {"layers": report, "skipped": skipped, "frozen": frozen, "orthonormal_seconds": orthonormal_seconds,
+        return {"layers": report, "skipped": skipped, "frozen": frozen,
+                "orthonormal_seconds": orthonormal_seconds,
                 "converged": sum(r["converged"] for r in report.values()),
                 "measured": len(report)}
 

@@ -129,8 +129,9 @@ def run_recorded(
 
     The weight layers are listed first (registration order, no forward pass): a model without
     any, one on the meta device, or one whose weights cannot be written exactly (parametrized other
-    than by weight_norm), raises ``ValueError`` before anything changes. If ``body`` raises, every parameter and
-    buffer is put back as it was and the error propagates. ``body`` returns the record's details.
+    than by weight_norm), raises ``ValueError`` before anything changes. If ``body`` raises, every
+    parameter and buffer is put back as it was and the error propagates. ``body`` returns the
+    record's details.
     """
     refuse_meta(model, f"initialize(..., {method!r})")
     layers = find_weight_layers(model, order="registration")

@@ -203,7 +203,8 @@ class Task:
 
 TASKS: Dict[str, Task] = {
     "image": Task("emergeinit.bench.image:run", IMAGE, IMAGE_PROTOCOLS,
-                  ("data_dir", "download", "cpu_threads"), _finish_image, "emergeinit.bench.image:check_init"),
+                  ("data_dir", "download", "cpu_threads"), _finish_image,
+                  "emergeinit.bench.image:check_init"),
     "translation": Task("emergeinit.bench.translation.train:run", TRANSLATION, TRANSLATION_PROTOCOLS,
                         ("data_dir", "cache_dir", "cpu_threads"), _finish_translation,
                         "emergeinit.bench.translation.train:check_init"),
