@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emergeinit import graph_emergence, layered_emergence, measure_emergence
+from emergeinit import graph_emergence, layer_graph, layered_emergence, measure_emergence
 from emergeinit.models import build_model
 from emergeinit.probe import DEFAULT_THRESHOLD
 
@@ -380,3 +380,13 @@ def test_a_meta_model_is_refused_plainly():
     net = hand_mlp().to("meta")
     with pytest.raises(ValueError, match="meta device .*fc1.weight.*materialize"):
         measure_emergence(net, X.to("meta"))
+
+
+def test_reading_a_spectral_normed_model_leaves_its_buffers():
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), spectral_norm(nn.Linear(4, 3))).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}  # _u, _v: its power iteration
+    layer_graph(net)
+    measure_emergence(net, X)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -338,13 +338,14 @@ def layer_graph(
     reads from (the logits). When fx cannot trace the model, the layers found by running
     ``example_input`` form a plain chain, with a warning.
     """
-    layers = layer_by_module(model, find_weight_layers(model, order="registration"))
-    traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
-                        instead="using its layers as a plain chain (skip connections not seen)")
-    if traced is not None:
-        return traced.graph
-    return _chain(find_weight_layers(model, example_input), include_input=include_input,
-                  include_output=include_output)
+    with preserve_state(model):  # reading a parametrized weight may move its buffers (spectral_norm)
+        layers = layer_by_module(model, find_weight_layers(model, order="registration"))
+        traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
+                            instead="using its layers as a plain chain (skip connections not seen)")
+        if traced is not None:
+            return traced.graph
+        return _chain(find_weight_layers(model, example_input), include_input=include_input,
+                      include_output=include_output)
 
 
 def measure_emergence(
