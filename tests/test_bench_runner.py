@@ -209,3 +209,10 @@ def test_yaml_exponent_floats_are_floats_in_grid_files_and_sets(tmp_path):
     assert apply_sets(configs, ["lr=1.0e6"])[0]["lr"] == 1e6
     assert apply_sets(configs, ["lr=2.5E-4", "data_dir=1e6x"])[0] == {**configs[0], "lr": 2.5e-4,
                                                                       "data_dir": "1e6x"}
+
+
+def test_train_with_a_bad_init_option_appends_nothing(tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    assert cli_main(["train", "--model", "mlp", "--init", "lsuv", "--set", "init_options.target_var=0",
+                     "--results", str(results)]) == 2
+    assert "target_var must be a positive" in capsys.readouterr().err and not results.exists()

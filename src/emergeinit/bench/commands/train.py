@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, Dict
 
 __all__ = ["add_arguments", "main", "config_from_args"]
@@ -60,9 +61,14 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     from emergeinit.bench.records import append_record
-    from emergeinit.bench.runner import execute
+    from emergeinit.bench.runner import check_configs, execute
 
-    config = config_from_args(args)
+    try:  # a bad config is an error now, not an error record in the results file
+        config = config_from_args(args)
+        check_configs([config])
+    except (ValueError, TypeError) as err:
+        print(f"emergeinit train: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(config, indent=1, sort_keys=True))
     record = execute(config, progress=not args.no_progress)
     append_record(args.results, record)
