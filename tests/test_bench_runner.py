@@ -216,3 +216,16 @@ def test_train_with_a_bad_init_option_appends_nothing(tmp_path, capsys):
     assert cli_main(["train", "--model", "mlp", "--init", "lsuv", "--set", "init_options.target_var=0",
                      "--results", str(results)]) == 2
     assert "target_var must be a positive" in capsys.readouterr().err and not results.exists()
+
+
+def test_train_flag_base_none_means_no_base():
+    import argparse
+
+    from emergeinit.bench.commands.train import add_arguments, config_from_args
+    from emergeinit.bench.runner import check_configs
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--init", "emergence", "--alpha", "2", "--base", "none"]))
+    assert config["init_options"] == {"alpha": 2.0, "base": None}
+    check_configs([config])  # once "none", a string every run refused

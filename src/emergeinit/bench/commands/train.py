@@ -53,6 +53,8 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             config[key] = value
+    if config.get("init_options.base") == "none":  # the flag's word for base=None (scale the current weights)
+        config["init_options.base"] = None
     if args.download:
         config["download"] = True
     (config,) = apply_sets([config], args.set)
