@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from emergeinit.layers import ModuleSpec, NormedWeight, packed_qkv_rows, storage_of, weight_parameter
+from emergeinit.layers import ModuleSpec, NormedWeight, draw_target, packed_qkv_rows, storage_of
 from emergeinit.options import FLAG, POSITIVE, Rule, check_values, one_of, optional
 from emergeinit.plan import InitPlan, PlannedLayer, check_plan_options, plan_emergence, plan_transformer
 from emergeinit.schedules import Schedule
@@ -284,7 +284,7 @@ def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, s
     for l in layers:
         stored = storage_of(model, l.key)  # a ValueError for what cannot be written exactly
         normed = stored if isinstance(stored, NormedWeight) else None
-        w = weight_parameter(stored)
+        w = draw_target(stored)
         if normed is not None and l.rows is not None:
             raise ValueError(f"{l.key} is weight-normed: a plan cannot scale some of its rows")
         if l.shape and tuple(w.shape) != tuple(l.shape):

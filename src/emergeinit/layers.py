@@ -36,8 +36,8 @@ __all__ = [
     "weight_storage",
     "check_writable",
     "storage_of",
-    "weight_parameters",
-    "weight_parameter",
+    "draw_target",
+    "trained_parameters",
     "draw_weight_",
     "scale_weight_",
     "is_frozen",
@@ -378,7 +378,7 @@ def storage_of(model: nn.Module, key: str) -> Storage:
     return weight_storage(module, name, key)
 
 
-def weight_parameters(layer: WeightLayer) -> List[nn.Parameter]:
+def trained_parameters(layer: WeightLayer) -> List[nn.Parameter]:
     """The parameters that hold a layer's weight, which an optimizer trains: the weight itself, or
     every parameter of its parametrization (any kind: nothing is written)."""
     if parametrize.is_parametrized(layer.module, layer.param_name):
@@ -387,7 +387,7 @@ def weight_parameters(layer: WeightLayer) -> List[nn.Parameter]:
     return [stored] if stored is not None else []
 
 
-def weight_parameter(storage: Storage) -> nn.Parameter:
+def draw_target(storage: Storage) -> nn.Parameter:
     """The parameter of W's shape and dtype (W itself, or v): what a draw is written into."""
     return storage.v if isinstance(storage, NormedWeight) else storage
 
@@ -395,7 +395,7 @@ def weight_parameter(storage: Storage) -> nn.Parameter:
 def draw_weight_(storage: Storage, draw: Callable[[torch.Tensor], Any]) -> None:
     """W := what ``draw`` writes into a tensor of W's shape (a ``torch.nn.init`` function), exactly."""
     with torch.no_grad():
-        draw(weight_parameter(storage))
+        draw(draw_target(storage))
         if isinstance(storage, NormedWeight):
             storage.renorm_()
 

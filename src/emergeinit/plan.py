@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from torch import nn
 
 from emergeinit.layers import (
-    ModuleSpec, WeightLayer, check_writable, find_blocks, find_weight_layers, is_frozen, match_modules,
-    packed_qkv_rows, qualified_name, storage_of, warn_frozen, weight_parameter, weight_storage,
+    ModuleSpec, WeightLayer, check_writable, draw_target, find_blocks, find_weight_layers, is_frozen,
+    match_modules, packed_qkv_rows, qualified_name, storage_of, warn_frozen, weight_storage,
 )
 from emergeinit.options import FLAG, Rule, check_values
 from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
@@ -450,7 +450,7 @@ def plan_transformer(
             entries.append(PlannedLayer(n, qualified_name(n, "weight"), "embedding", None, None, factor,
                                         shape=tuple(m.weight.shape)))
     for layer in find_weight_layers(model, order="registration"):
-        stored = weight_parameter(weight_storage(layer.module, layer.param_name, layer.key))
+        stored = draw_target(weight_storage(layer.module, layer.param_name, layer.key))
         if id(stored) in seen:  # an output projection tied to an embedding table
             continue
         seen.add(id(stored))

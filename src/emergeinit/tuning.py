@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from emergeinit.init import emergence_init_
-from emergeinit.layers import WeightLayer, find_weight_layers, weight_parameters
+from emergeinit.layers import WeightLayer, find_weight_layers, trained_parameters
 from emergeinit.probe import measure_emergence
 from emergeinit.schedules import positive_number
 from emergeinit.trace import (
@@ -248,7 +248,7 @@ def layerwise_lr_groups(
     assigned: set = set()
     for l in layers:
         bias = [l.bias] if l.bias_key else []
-        params = [p for p in weight_parameters(l) + bias if id(p) not in assigned]
+        params = [p for p in trained_parameters(l) + bias if id(p) not in assigned]
         assigned.update(id(p) for p in params)
         if params:
             lr = base_lr * math.exp(math.log(inv[l.key]) - log_mean)
