@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from emergeinit import sharding
 from emergeinit.layers import ModuleSpec, NormedWeight, draw_target, packed_qkv_rows, storage_of
 from emergeinit.options import FLAG, POSITIVE, Rule, check_values, one_of, optional
 from emergeinit.plan import InitPlan, PlannedLayer, check_plan_options, plan_emergence, plan_transformer
@@ -197,13 +198,18 @@ def _as_base(base: BaseLike, options: Any) -> Optional[BaseInit]:
 
 @dataclass(frozen=True)
 class _Write:
-    """One plan entry resolved against the model, checked, ready to write."""
+    """One plan entry resolved against the model, checked, ready to write. For a sharded
+    (DTensor) weight or bias that must be written whole (a draw, a row range), ``target``/``draws``
+    or ``bias`` are views of its meta stand-in and ``*_source`` is the DTensor itself."""
 
     factor: float
     target: torch.Tensor  # the weight, or the rows the entry covers
     draws: Sequence[Tuple[torch.Tensor, Draw]]  # (view, draw) pieces; empty: scale ``target``
     bias: Optional[torch.Tensor]  # zeroed after a draw, or scaled with ``target``
     after_draw: Optional[Callable[[], None]] = None  # a weight-normed W: g = ‖v‖ once v is drawn
+    weight_source: Optional[torch.Tensor] = None
+    bias_source: Optional[torch.Tensor] = None
+    covers_weight: bool = True  # the entry writes every element of the weight
 
 
 Pieces = Callable[[PlannedLayer, torch.Tensor], List[Tuple[torch.Tensor, Draw]]]
@@ -254,10 +260,30 @@ def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float]
 
 
 def _measured_peak(t: torch.Tensor) -> Optional[float]:
-    """The largest magnitude in ``t`` (None on the meta device, where nothing can be read)."""
+    """The largest magnitude in ``t`` (None on the meta device, where nothing can be read); over
+    every rank's shard when ``t`` is sharded."""
     if t.device.type == "meta":
         return None
-    return float(t.detach().abs().max()) if t.numel() else 0.0
+    return sharding.scalar(t.detach().abs().max()) if t.numel() else 0.0
+
+
+def _readable(t: torch.Tensor, rows: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """The values of ``t`` (its rows, when given) that an entry scales, for the range checks: a
+    sharded ``t``'s rows are gathered, a whole sharded ``t`` is read shard by shard."""
+    if rows is None:
+        return t
+    return (sharding.whole_copy(t) if sharding.is_sharded(t) else t)[rows[0]:rows[1]]
+
+
+def _view(t: torch.Tensor, rows: Optional[Tuple[int, int]], whole: bool) -> Tuple[torch.Tensor, bool]:
+    """What a plan entry writes of parameter ``t`` (its rows, when given), and whether that is a
+    view of ``t``'s meta stand-in, to be written whole (:mod:`emergeinit.sharding`): a sharded
+    ``t`` that is drawn (``whole``) or cut into rows. A sharded ``t`` scaled as a whole is itself,
+    multiplied shard by shard."""
+    if sharding.is_sharded(t) and not (whole or rows is not None):
+        return t, False
+    base = sharding.stand_in(t)  # t itself unless sharded
+    return (base if rows is None else base[rows[0]:rows[1]]), sharding.is_sharded(t)
 
 
 def _drawn_underflow(draws: Sequence[Tuple[torch.Tensor, "Draw"]], factor: float, tiny: float) -> float:
@@ -272,7 +298,7 @@ def _measured_underflow(t: torch.Tensor, factor: float) -> Optional[float]:
     if factor >= 1.0 or t.device.type == "meta" or not t.numel() or not t.is_floating_point():
         return None
     a = t.detach().abs()
-    return float(((a > 0) & (a < torch.finfo(t.dtype).tiny / factor)).sum()) / t.numel()
+    return sharding.scalar(((a > 0) & (a < torch.finfo(t.dtype).tiny / factor)).sum()) / t.numel()
 
 
 def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, scale_bias: bool) -> List[_Write]:
@@ -287,48 +313,86 @@ def _resolve(model: nn.Module, layers: Sequence[PlannedLayer], pieces: Pieces, s
         w = draw_target(stored)
         if normed is not None and l.rows is not None:
             raise ValueError(f"{l.key} is weight-normed: a plan cannot scale some of its rows")
+        if normed is not None and sharding.is_sharded(w):
+            raise ValueError(f"{l.key} is weight-normed and sharded: not supported")
         if l.shape and tuple(w.shape) != tuple(l.shape):
             raise ValueError(f"{l.key} has shape {tuple(w.shape)}, the plan expects {tuple(l.shape)}")
         if (id(w), l.rows) in seen:
             raise ValueError(f"{l.key} and {seen[id(w), l.rows]} are the same tensor: a plan scales it once")
         seen[id(w), l.rows] = l.key
-        target = w if l.rows is None else w[l.rows[0]:l.rows[1]]
-        bias = model.get_parameter(l.bias_key) if l.bias_key else None
-        if bias is not None and l.rows is not None and bias.shape[0] == w.shape[0]:
-            bias = bias[l.rows[0]:l.rows[1]]
+        target, weight_staged = _view(w, l.rows, True)  # pieces read shapes only
         draws = pieces(l, target)
+        if not draws:
+            target, weight_staged = _view(w, l.rows, False)
+        bias_param = model.get_parameter(l.bias_key) if l.bias_key else None
+        bias_rows = l.rows if bias_param is not None and bias_param.shape[0] == w.shape[0] else None
+        bias, bias_staged = (None, False) if bias_param is None else _view(bias_param, bias_rows, False)
         if draws:
             tiny = torch.finfo(w.dtype).tiny if w.is_floating_point() else 0.0
             _check_range(l.key, w, l.factor, max(d.peak for _, d in draws),
                          _drawn_underflow(draws, l.factor, tiny))
         else:
-            current = normed.value().detach() if normed is not None else target
+            current = normed.value().detach() if normed is not None else _readable(w, l.rows)
             _check_range(l.key, w, l.factor, None if l.factor == 1.0 else _measured_peak(current),
                          _measured_underflow(current, l.factor))
             target = normed.g if normed is not None else target  # W × f is g × f, exactly
-            bias = bias if scale_bias and l.factor != 1.0 else None
-            bias_peak = _measured_peak(bias) if bias is not None else None
+            if not (scale_bias and l.factor != 1.0):
+                bias, bias_staged = None, False
+            current_bias = _readable(bias_param, bias_rows) if bias is not None else None
+            bias_peak = _measured_peak(current_bias) if current_bias is not None else None
             if bias_peak:  # a bias all zeros (or on meta) cannot leave the range
-                _check_range(str(l.bias_key), bias, l.factor, bias_peak, _measured_underflow(bias, l.factor))
-        writes.append(_Write(l.factor, target, draws, bias, normed.renorm_ if normed is not None else None))
+                _check_range(str(l.bias_key), bias_param, l.factor, bias_peak,
+                             _measured_underflow(current_bias, l.factor))
+        writes.append(_Write(l.factor, target, draws, bias, normed.renorm_ if normed is not None else None,
+                             w if weight_staged else None, bias_param if bias_staged else None, l.rows is None))
     return writes
+
+
+def _write_one(w: _Write) -> None:
+    """Draw (then zero the bias) or scale one entry's tensors."""
+    if w.draws:
+        for view, draw in w.draws:
+            draw.draw_(view, w.factor)
+        if w.after_draw is not None:
+            w.after_draw()
+        if w.bias is not None:
+            w.bias.zero_()
+    elif w.factor != 1.0:
+        w.target.mul_(w.factor)
+        if w.bias is not None:
+            w.bias.mul_(w.factor)
+
+
+def _write_whole(w: _Write) -> None:
+    """One entry over sharded tensors, each written whole on this rank (empty when a draw fills
+    it, else gathered) and then cut back to this rank's shard: the unsharded result, bit for bit."""
+    kept: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    target, draws, bias = w.target, w.draws, w.bias
+    if w.weight_source is not None:
+        source = w.weight_source
+        full = sharding.empty_whole(source) if w.draws and w.covers_weight else sharding.whole_copy(source)
+        target = sharding.on_copy(target, full)
+        draws = [(sharding.on_copy(view, full), draw) for view, draw in draws]
+        kept.append((source, full))
+    if w.bias_source is not None and bias is not None:
+        full_bias = sharding.whole_copy(w.bias_source)
+        bias = sharding.on_copy(bias, full_bias)
+        kept.append((w.bias_source, full_bias))
+    _write_one(_Write(w.factor, target, draws, bias, w.after_draw))
+    for source, full in kept:
+        sharding.keep_shard_(source, full)
 
 
 def _write_(writes: Sequence[_Write]) -> None:
     """Draw or scale every entry, in order (the order fixes which random numbers each one gets)."""
     with torch.no_grad():
         for w in writes:
-            if w.draws:
-                for view, draw in w.draws:
-                    draw.draw_(view, w.factor)
-                if w.after_draw is not None:
-                    w.after_draw()
-                if w.bias is not None:
-                    w.bias.zero_()
-            elif w.factor != 1.0:
-                w.target.mul_(w.factor)
-                if w.bias is not None:
-                    w.bias.mul_(w.factor)
+            if not w.draws and w.factor == 1.0:
+                continue
+            if w.weight_source is not None or w.bias_source is not None:
+                _write_whole(w)
+            else:
+                _write_one(w)
 
 
 def _base_pieces(base: Optional[BaseInit]) -> Pieces:

@@ -31,6 +31,7 @@ from emergeinit.layers import (
 )
 from emergeinit.options import FLAG, Rule, check_values
 from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
+from emergeinit.sharding import is_sharded
 from emergeinit.trace import call_order, fork_rng, meta_stand_ins, to_meta
 
 __all__ = [
@@ -293,6 +294,9 @@ def plan_emergence(
                             scale_bias=scale_bias, embeddings=embeddings, norms=norms, trace=trace,
                             include_frozen=include_frozen))
     alpha = positive_number(alpha, "alpha")
+    if any(is_sharded(p) for p in model.parameters()):
+        raise ValueError("plan_emergence traces the model: plan it before sharding it (on the meta "
+                         "device, or unsharded), then apply_plan_ the plan to the sharded model")
     schedule_name, schedule_fn = resolve_schedule(schedule)
     check_writable(find_weight_layers(model, order="registration"))  # before the trace reads a weight
     with fork_rng(model):  # planning never moves the user's random state
