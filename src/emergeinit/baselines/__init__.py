@@ -33,6 +33,8 @@ __all__ = [
     "check_options",
     "InitRecord",
     "METHODS",
+    "DATA_METHODS",
+    "method_key",
     "NonFiniteError",
     "kaiming_init_",
     "xavier_init_",
@@ -93,7 +95,13 @@ FUNCTION_CHECKS: Dict[Callable[..., Any], Callable[[Mapping[str, Any]], None]] =
 }
 
 
-def _method_key(method: str) -> str:
+#: the methods that look at data: their result depends on the batches they see, not on the seed
+#: alone (a multi-process run computes them on one rank and broadcasts them)
+DATA_METHODS = frozenset({"metainit", "gradinit", "lsuv"})
+
+
+def method_key(method: str) -> str:
+    """A method's name as :data:`METHODS` spells it (case, "-" and "_" ignored); unknown: ValueError."""
     key = str(method).lower().replace("-", "").replace("_", "")
     if key not in METHODS:
         raise ValueError(f"unknown init method {method!r}; known: {', '.join(METHODS)}")
@@ -103,7 +111,7 @@ def _method_key(method: str) -> str:
 def initialize(model: nn.Module, method: str, **options: Any) -> InitRecord:
     """Initialize ``model`` in place with ``method`` (a name of :data:`METHODS`; case, "-" and
     "_" ignored) and its options; return the :class:`InitRecord` of the call."""
-    return METHODS[_method_key(method)](model, **options)
+    return METHODS[method_key(method)](model, **options)
 
 
 def check_options(method: Union[str, Callable[..., Any]], options: Mapping[str, Any]) -> None:
@@ -117,6 +125,6 @@ def check_options(method: Union[str, Callable[..., Any]], options: Mapping[str, 
             raise ValueError(f"no option check for {getattr(method, '__name__', method)!r}")
         function, check, name = method, FUNCTION_CHECKS[method], method.__name__
     else:
-        name = _method_key(method)
+        name = method_key(method)
         function, check = METHODS[name], VALUE_CHECKS[name]
     check(bind_options(function, options, name))
