@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import emergeinit as ei
-from emergeinit.bench import augment
+from emergeinit.bench import augment, ddp
 from emergeinit.bench.config import has_batch_norm, resolve_config
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name
 from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
+from emergeinit.distributed import initialize_
 from emergeinit.models import build_model
 
 __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "lr_lambda",
@@ -107,14 +108,16 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
     bs = int(config["batch_size"])
     total = epoch_steps(config, x_all.shape[0]) if steps is None else steps
     perm = torch.randperm(x_all.shape[0], device=x_all.device, generator=generator)
-    batches = ((prepare_batch(data, x_all[idx], config, generator), y_all[idx]) for idx in perm.split(bs))
+    ranks = ddp.current()  # under DDP every rank prepares the global batch and trains on its slice
+    batches = ranks.shard((prepare_batch(data, x_all[idx], config, generator), y_all[idx])
+                          for idx in perm.split(bs))
 
     def loss_fn(batch: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         loss = F.cross_entropy(model(batch[0]), batch[1])
         return loss, loss.detach()
 
     base_lr = float(config["lr"])
-    out = train_steps(optimizer, batches, loss_fn, total=total, lr_at=lambda s: base_lr * lr_factor(s),
+    out = train_steps(optimizer, batches, ranks.loss(loss_fn), total=total, lr_at=lambda s: base_lr * lr_factor(s),
                       step0=step0, clip_grad_norm=config.get("clip_grad_norm"), amp=bool(config.get("amp")),
                       device=x_all.device, check_every=config.get("nan_check_every") or 1, progress=progress)
     kept = out.values[:out.diverged_at] if out.diverged_at is not None else out.values
@@ -198,7 +201,9 @@ def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
 
         if config["model"] in GRADINIT_LR:  # GradInit's own step size for this architecture
             options["arch"] = config["model"]
-    return ei.initialize(model, config["init"], **options).to_dict()
+    # the same on every rank of a DDP run: data-dependent inits computed on rank 0 and broadcast
+    generators = (generator,) if generator is not None else ()
+    return initialize_(model, config["init"], generators=generators, **options).to_dict()
 
 
 def _measure(model: nn.Module, config: Mapping[str, Any], data: ImageData) -> Dict[str, Any]:
@@ -246,6 +251,7 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
         extra["emergence_error"] = f"{type(err).__name__}: {err}"
 
     optimizer = make_optimizer(model, config)
+    trained = ddp.current().wrap(model)  # DDP in a process group (emergeinit train --nproc N)
     steps_per_epoch = epoch_steps(config, data.train_x.shape[0])
     extra["steps_per_epoch"] = steps_per_epoch
     factor = lr_lambda(config, steps_per_epoch)
@@ -259,7 +265,7 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
         steps = step_budget(steps_per_epoch, max_steps=config["max_steps"], done=step)
         t_epoch = time.perf_counter()
         title = f"{config['model']} {config['init']} epoch {epoch}" if progress else None
-        stats = train_epoch(model, data, optimizer, config, lr_factor=factor, step0=step,
+        stats = train_epoch(trained, data, optimizer, config, lr_factor=factor, step0=step,
                             generator=generator, steps=steps, progress=title)
         step += stats["steps"]
         if stats["diverged_at_step"] is not None:

@@ -1,9 +1,15 @@
-"""``emergeinit train``: run one image configuration and append its record to a results file."""
+"""``emergeinit train``: run one image configuration and append its record to a results file.
+
+``--nproc N`` trains it data-parallel on N processes of this machine (DDP; one per GPU, or gloo
+processes on the CPU); under ``torchrun ... -m emergeinit.cli train`` it joins torchrun's process
+group instead (several nodes). Either way rank 0 alone writes the record (:mod:`emergeinit.bench.ddp`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict
 
@@ -40,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other config key (dotted for nested: init_options.base=xavier)")
     parser.add_argument("--results", default="results/train.jsonl", help="results file to append to")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="train data-parallel on N processes of this machine (DDP: one per GPU, or "
+                             "gloo processes on the CPU); the global batch stays --batch-size")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -62,8 +71,8 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from emergeinit.bench.records import append_record
-    from emergeinit.bench.runner import check_configs, execute
+    from emergeinit.bench.ddp import launch, run_ranked
+    from emergeinit.bench.runner import check_configs
 
     try:  # a bad config is an error now, not an error record in the results file
         config = config_from_args(args)
@@ -71,9 +80,17 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:
         print(f"emergeinit train: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(config, indent=1, sort_keys=True))
-    record = execute(config, progress=not args.no_progress)
-    append_record(args.results, record)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.nproc > 1:
+        print("emergeinit train: --nproc starts its own processes: leave it out under torchrun", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(config, indent=1, sort_keys=True))
+    if args.nproc > 1:
+        record = launch(config, args.results, args.nproc, progress=not args.no_progress)
+    else:  # one process, or one rank of torchrun's group
+        record = run_ranked(config, args.results, progress=not args.no_progress)
+        if record is None:  # not rank 0: rank 0 reports
+            return 0
     for e in record["epochs"]:
         print(f"epoch {e['epoch']} ({e['phase']}): train loss {e['train_loss']}, test acc {e['test_acc']:.2f}%")
     e = record.get("emergence_at_init") or {}
