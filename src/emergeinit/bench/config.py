@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -25,6 +26,7 @@ __all__ = [
     "ALIASES",
     "TASKS",
     "Task",
+    "SHARED",
     "TRANSLATION_INITS",
     "resolve_config",
     "canonical_keys",
@@ -212,10 +214,19 @@ TASKS: Dict[str, Task] = {
 
 
 def task_spec(name: str) -> Task:
-    """The :class:`Task` called ``name``."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    return TASKS[name]
+    """The :class:`Task` called ``name``: a built-in one (:data:`TASKS`), or your own written
+    ``"module:attribute"`` (a :class:`Task` in an importable module; imported wherever a run of it
+    resolves, so a cluster worker finds it too). Its defaults start from :data:`SHARED` and hold
+    ``task`` (that same string) and ``protocol``."""
+    if name in TASKS:
+        return TASKS[name]
+    module, colon, attribute = str(name).partition(":")
+    if not colon:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, or module:attribute of your own")
+    task = getattr(importlib.import_module(module), attribute, None)
+    if not isinstance(task, Task):
+        raise ValueError(f"task {name!r} is not a emergeinit.bench.config.Task")
+    return task
 
 
 def set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:

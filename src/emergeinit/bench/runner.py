@@ -23,7 +23,7 @@ from emergeinit.bench.env import device_name, git_commit, versions
 from emergeinit.bench.loop import pick_device
 from emergeinit.bench.records import PathLike, append_record, finished_ids
 
-__all__ = ["execute", "run_task", "check_configs", "InProcessExecutor", "run_grid"]
+__all__ = ["execute", "failed_record", "run_task", "check_configs", "InProcessExecutor", "run_grid"]
 
 
 def _task_function(target: str) -> Callable[..., Any]:
@@ -54,23 +54,43 @@ def check_configs(configs: Sequence[Mapping[str, Any]]) -> None:
             for what, ids in problems.items()))
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _head(config: Dict[str, Any], started: str) -> Dict[str, Any]:
+    """The part of a record that says what ran and from which code."""
+    return {"id": run_id(config), "task": config["task"], "config": config,
+            "git_commit": git_commit(), "versions": versions(), "started": started}
+
+
+def _failed(err: BaseException, trace: str) -> Dict[str, Any]:
+    """The task part of a run that raised ``err``."""
+    return {"epochs": [], "emergence_at_init": None, "init_record": None, "diverged": False,
+            "extra": {"traceback": trace}, "status": "error", "error": f"{type(err).__name__}: {err}"}
+
+
+def failed_record(config: Mapping[str, Any], err: BaseException, *, started: Optional[str] = None,
+                  wall_s: Optional[float] = None, device: Optional[str] = None) -> Dict[str, Any]:
+    """The ``error`` record of a run that never returned one (its worker crashed or was killed),
+    written by whoever waited for it; the grid goes on, and a resumed grid runs it again."""
+    resolved = resolve_config(config)
+    trace = "".join(traceback.format_exception_only(type(err), err))
+    return {**_head(resolved, started or _now()), **_failed(err, trace), "device": device, "wall_s": wall_s}
+
+
 def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Run one config and return its full record. An exception in the task becomes
     ``status="error"`` with its message; Ctrl-C and kills still stop everything."""
     config = resolve_config(config)
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    record: Dict[str, Any] = {
-        "id": run_id(config), "task": config["task"], "config": config,
-        "git_commit": git_commit(), "versions": versions(), "started": started,
-    }
+    record = _head(config, _now())
     try:
         result = run_task(config, progress=progress)
-        status, error = ("diverged" if result.get("diverged") else "ok"), None
+        result.update(status="diverged" if result.get("diverged") else "ok", error=None)
     except Exception as err:
-        result = {"epochs": [], "emergence_at_init": None, "init_record": None, "diverged": False,
-                  "extra": {"traceback": traceback.format_exc(limit=8)}}
-        status, error = "error", f"{type(err).__name__}: {err}"
+        result = _failed(err, traceback.format_exc(limit=8))
+    status, error = result.pop("status"), result.pop("error")
     record.update(result)
     record.setdefault("device", device_name(pick_device(str(config["device"]))))
     record["wall_s"] = time.perf_counter() - t0

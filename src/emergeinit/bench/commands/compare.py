@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_arguments", "main"]
 
@@ -22,6 +23,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start no new run after this many minutes (time-boxed parts; rerun resumes)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done")
     parser.add_argument("--no-progress", action="store_true")
+    ray = parser.add_argument_group("where runs happen")
+    ray.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: one run after another in this process; ray: each run a Ray task "
+                          "(this machine, or a cluster with --address); pip install 'emergeinit[ray]'")
+    ray.add_argument("--address", help="ray: the cluster to join (auto, host:6379, ray://host:10001); "
+                                       "default: a cluster started on this machine, else a new local one")
+    ray.add_argument("--gpus-per-run", type=float, default=0.0,
+                     help="ray: GPUs each run asks for; a fraction shares a GPU (0.25: four runs per GPU)")
+    ray.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPU cores each run asks for")
+    ray.add_argument("--runtime-env", metavar="JSON",
+                     help='ray: runtime_env for the workers, e.g. \'{"working_dir": "."}\' to ship this folder')
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The executor the flags ask for (None: run_grid's in-process default)."""
+    if args.executor == "local":
+        return None
+    from emergeinit.bench.ray_executor import RayExecutor
+
+    return RayExecutor(args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                       runtime_env=json.loads(args.runtime_env) if args.runtime_env else None)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
             shown = {k: rc[k] for k in ("model", "init", "init_options", "extra_epoch", "seed") if k in rc}
             print(f"{i} {'done' if i in done else 'todo'} {json.dumps(shown, sort_keys=True)}")
         return 0
-    counts = run_grid(configs, results, progress=not args.no_progress, limit=args.limit,
+    counts = run_grid(configs, results, executor=_executor(args), progress=not args.no_progress, limit=args.limit,
                       stop_after_s=None if args.max_minutes is None else 60 * args.max_minutes)
     print(f"{counts['total']} runs in the grid: {counts['skipped']} already done, {counts['run']} run now "
           f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['error']} error) -> {results}")
