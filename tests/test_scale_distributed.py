@@ -3,7 +3,10 @@ FSDP2-sharded parameters equal to the unsharded init for the same seed."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,12 +240,25 @@ def _fsdp_on_ranks(rank: int, world: int) -> dict:
     out["unchanged"] = all(torch.equal(before[k], v) for k, v in _gathered(model).items())
     out["embedding_rows"] = model.src_embed.weight.to_local().shape[0]
 
+    # the runnable example's recipe (examples/fsdp_emergence_init.py), on a Llama-style decoder
+    example = _example_module()
+    args = argparse.Namespace(vocab=67, dim=32, layers=2, heads=4, alpha=2.0, schedule="normalized", seed=1)
+    out["example"] = _gathered(example.build_initialized(args, torch.device("cpu"), shard=True))
+
     try:
         ei.plan_emergence(model, alpha=2.0, example_input=_example())
         out["plan_sharded"] = None
     except ValueError as err:
         out["plan_sharded"] = str(err)
     return out
+
+
+def _example_module():
+    path = Path(__file__).resolve().parents[1] / "examples" / "fsdp_emergence_init.py"
+    spec = importlib.util.spec_from_file_location("fsdp_emergence_init", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _equal(a: dict, b: dict) -> list:
@@ -263,6 +279,9 @@ def test_fsdp_sharded_init_equals_the_unsharded_init(tmp_path):
         want = _gathered(reference)
         assert _equal(r0[name], want) == [], name
         assert _equal(r1[name], want) == [], name
+    args = argparse.Namespace(vocab=67, dim=32, layers=2, heads=4, alpha=2.0, schedule="normalized", seed=1)
+    want = _gathered(_example_module().build_initialized(args, torch.device("cpu"), shard=False))
+    assert _equal(r0["example"], want) == [] and _equal(r1["example"], want) == []
     # the plan layers of the materialized model are the base draw times α^e_k: fc2 (e = +1/2)
     # has 10× the spread of fc1 (e = -1/2) up to the draw's noise
     ref = r0["materialized"]

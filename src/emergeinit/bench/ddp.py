@@ -114,7 +114,10 @@ def process_group(device: Optional[str] = "auto") -> Iterator[Ranks]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield current()
         return
-    cuda = pick_device(device).type == "cuda"
+    picked = pick_device(device)
+    cuda = picked.type == "cuda"
+    if cuda and picked.index is not None:
+        raise ValueError(f"device {device!r}: under DDP each rank takes its own GPU (LOCAL_RANK); use cuda or auto")
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -146,6 +149,8 @@ def launch(config: Mapping[str, Any], results: PathLike, nproc: int, *, progress
     rendezvous on a free local port; returns rank 0's record, which rank 0 has appended."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if pick_device(str(config.get("device") or "auto")).type == "cuda" and nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {nproc} on CUDA needs {nproc} GPUs; this machine has {torch.cuda.device_count()}")
     launch_config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=int(nproc), run_id=f"emergeinit-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
