@@ -16,13 +16,16 @@ Without a process group (or with one process) everything here is the plain singl
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import nn
 
 from emergeinit import sharding
 from emergeinit.plan import InitPlan
+
+if TYPE_CHECKING:
+    from emergeinit.baselines import InitRecord
 
 __all__ = [
     "rank_and_world",
@@ -150,7 +153,8 @@ def check_same_(model: nn.Module, *, group: Group = None, what: str = "model") -
 
 
 def initialize_(model: nn.Module, method: str, *, src: int = 0, group: Group = None,
-                generators: Sequence[torch.Generator] = (), check: bool = True, **options: Any) -> Any:
+                generators: Sequence[torch.Generator] = (), check: bool = True,
+                **options: Any) -> "InitRecord":
     """:func:`emergeinit.initialize` on every rank of a process group, identically: a
     data-dependent method (:data:`~emergeinit.baselines.DATA_METHODS`) runs on rank ``src`` and is
     broadcast (:func:`init_once_`); a deterministic one runs on every rank from its own (equal)

@@ -23,6 +23,7 @@ from emergeinit.bench import augment, ddp
 from emergeinit.bench.config import has_batch_norm, resolve_config
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name
+from emergeinit.baselines import DATA_METHODS
 from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
 from emergeinit.distributed import initialize_
 from emergeinit.models import build_model
@@ -30,7 +31,7 @@ from emergeinit.models import build_model
 __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "lr_lambda",
            "epoch_steps", "build_image_model", "subset", "DATA_INITS"]
 
-DATA_INITS = ("metainit", "gradinit", "lsuv")  # inits that look at a batch of data
+DATA_INITS = tuple(sorted(DATA_METHODS))  # inits that look at a batch of data
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
