@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import emergeinit as ei
+from emergeinit.baselines import DATA_METHODS
 from emergeinit.bench import augment, ddp
 from emergeinit.bench.config import has_batch_norm, resolve_config
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name
-from emergeinit.baselines import DATA_METHODS
 from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
 from emergeinit.distributed import initialize_
 from emergeinit.models import build_model
@@ -118,8 +118,9 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
         return loss, loss.detach()
 
     base_lr = float(config["lr"])
-    out = train_steps(optimizer, batches, ranks.loss(loss_fn), total=total, lr_at=lambda s: base_lr * lr_factor(s),
-                      step0=step0, clip_grad_norm=config.get("clip_grad_norm"), amp=bool(config.get("amp")),
+    out = train_steps(optimizer, batches, ranks.loss(loss_fn), total=total,
+                      lr_at=lambda s: base_lr * lr_factor(s), step0=step0,
+                      clip_grad_norm=config.get("clip_grad_norm"), amp=bool(config.get("amp")),
                       device=x_all.device, check_every=config.get("nan_check_every") or 1, progress=progress)
     kept = out.values[:out.diverged_at] if out.diverged_at is not None else out.values
     points = max(1, int(config.get("loss_points") or 1))

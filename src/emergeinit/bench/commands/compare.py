@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
             shown = {k: rc[k] for k in ("model", "init", "init_options", "extra_epoch", "seed") if k in rc}
             print(f"{i} {'done' if i in done else 'todo'} {json.dumps(shown, sort_keys=True)}")
         return 0
-    counts = run_grid(configs, results, executor=_executor(args), progress=not args.no_progress, limit=args.limit,
-                      stop_after_s=None if args.max_minutes is None else 60 * args.max_minutes)
+    counts = run_grid(configs, results, executor=_executor(args), progress=not args.no_progress,
+                      limit=args.limit, stop_after_s=None if args.max_minutes is None else 60 * args.max_minutes)
     print(f"{counts['total']} runs in the grid: {counts['skipped']} already done, {counts['run']} run now "
           f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['error']} error) -> {results}")
     print(f"tables and plots: emergeinit report {results}")
