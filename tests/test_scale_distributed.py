@@ -267,7 +267,6 @@ def _equal(a: dict, b: dict) -> list:
 
 
 def test_fsdp_sharded_init_equals_the_unsharded_init(tmp_path):
-    pytest.importorskip("torch.distributed.fsdp")
     r0, r1 = run_ranks(_fsdp_on_ranks, 2, tmp_path)
     # ranks hold different halves: 40 FFN rows, and 41 vocabulary rows split unevenly
     assert r0["local_rows"] == 20 and r1["local_rows"] == 20
