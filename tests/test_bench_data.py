@@ -47,6 +47,23 @@ def test_fashion_mnist_from_folder_and_padded(tmp_path):
     assert torch.allclose(p.mean, x.mean().float().repeat(3)) and torch.allclose(p.std, x.std().float().repeat(3))
 
 
+def test_fashion_mnist_16_is_the_padded_image_average_pooled(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", n_train=30, n_test=10)
+    d = load_fashion_mnist(folder)
+    h = load_dataset("fashion-mnist-16", folder)
+    assert h.name == "fashion-mnist-16" and tuple(h.train_x.shape) == (30, 1, 16, 16)
+    assert h.train_x.dtype == torch.uint8 and tuple(h.test_x.shape) == (10, 1, 16, 16)
+    padded = torch.nn.functional.pad(d.train_x.double(), (2, 2, 2, 2))
+    # pixel (i, j) is the rounded mean of the 2x2 block at (2i, 2j) of the zero-padded 32x32 image
+    block = padded[:, :, 10:12, 14:16].mean(dim=(2, 3))
+    assert torch.equal(h.train_x[:, :, 5, 7].double(), block.round())
+    assert int(h.train_x[:, :, 0, :].sum()) == 0  # the first row pools two rows of zero padding
+    x = h.train_x.double() / 255
+    assert torch.allclose(h.mean, x.mean().float().reshape(1)) and torch.allclose(h.std, x.std().float().reshape(1))
+    with pytest.raises(ValueError, match="pick one"):
+        load_fashion_mnist(folder, pad32=True, half=True)
+
+
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_fashion_mnist(tmp_path / "nothing")

@@ -48,4 +48,36 @@ def test_vgg_default_init_follows_the_protocol():
 
 def test_unknown_model_lists_known_ones():
     with pytest.raises(ValueError, match="vgg19_bn"):
-        build_model("vgg16")
+        build_model("vgg17")
+
+
+def test_vgg_last_pool_is_adaptive_same_output_at_32_and_runs_at_16():
+    torch.manual_seed(0)
+    model = build_model("vgg19_bn").eval()
+    x = torch.randn(2, 3, 32, 32)
+    pools = [m for m in model.features if isinstance(m, (torch.nn.MaxPool2d, torch.nn.AdaptiveMaxPool2d))]
+    assert len(pools) == 5 and isinstance(pools[-1], torch.nn.AdaptiveMaxPool2d)
+    reference = torch.nn.Sequential(*[torch.nn.MaxPool2d(2, 2) if m is pools[-1] else m for m in model.features])
+    expected = model.classifier(torch.flatten(reference(x), 1))
+    assert torch.equal(model(x), expected)
+    assert build_model("vgg13", in_channels=1)(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, convs", [("vgg11", 8), ("vgg13", 10), ("vgg16", 13), ("vgg19", 16)])
+def test_vgg_family_and_width(name, convs):
+    model = build_model(name, width=0.25)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(layers) == convs and layers[0].out_channels == 16 and model.classifier.in_features == 128
+    with pytest.raises(ValueError, match="width"):
+        build_model(name, width=0)
+    custom = build_model(name, cfg=[8, "M", 4], in_channels=1)
+    assert [m.out_channels for m in custom.modules() if isinstance(m, torch.nn.Conv2d)] == [8, 4]
+    with pytest.raises(ValueError, match="channel counts"):
+        build_model(name, cfg=[8, "X"])
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56])
+def test_resnet_depths_and_widths(depth):
+    model = build_model(f"resnet{depth}_bn", widths=(8, 16, 32), in_channels=1)
+    assert len(ei.find_weight_layers(model, torch.randn(2, 1, 16, 16))) == depth
+    assert model.fc.in_features == 32

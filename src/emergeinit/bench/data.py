@@ -165,9 +165,13 @@ def _cache_dir(name: str) -> Path:
 
 
 def load_fashion_mnist(data_dir: Optional[PathLike] = None, *, download: bool = False,
-                       pad32: bool = False) -> ImageData:
+                       pad32: bool = False, half: bool = False) -> ImageData:
     """Fashion-MNIST, 60k/10k, from ``data_dir`` (default: the Debian package's folder, then the
-    download cache). ``pad32``: zero-pad to 32×32 and repeat to 3 channels for CIFAR-shaped nets."""
+    download cache). ``pad32``: zero-pad to 32×32 and repeat to 3 channels for CIFAR-shaped nets.
+    ``half``: zero-pad to 32×32, then 2×2 average-pool to 16×16, one channel (rounded back to
+    uint8): the CIFAR-shaped nets at a quarter of the compute, for CPU-sized studies."""
+    if pad32 and half:
+        raise ValueError("pad32 and half are two different layouts: pick one")
     candidates = [Path(data_dir)] if data_dir is not None else [FASHION_MNIST_DIR, _cache_dir("fashion-mnist")]
     folder = next((c for c in candidates if all(_find_idx(c, s) for s, _ in FASHION_MNIST_FILES.values())), None)
     if folder is None and download:
@@ -188,14 +192,22 @@ def load_fashion_mnist(data_dir: Optional[PathLike] = None, *, download: bool = 
             raise DatasetError(f"Fashion-MNIST {split} files disagree: images {tuple(x.shape)}, "
                                f"labels {tuple(y.shape)}. {_FMNIST_HELP}")
     train_x, test_x = parts["train_images"].unsqueeze(1), parts["test_images"].unsqueeze(1)
-    if pad32:
+    if pad32 or half:
         train_x, test_x = (torch.nn.functional.pad(x, (2, 2, 2, 2)) for x in (train_x, test_x))
+    if half:
+        train_x, test_x = (_avg_pool2_uint8(x) for x in (train_x, test_x))
     mean, std = _channel_stats(train_x)  # on one channel: the three copies share it
     if pad32:
         train_x, test_x = (x.expand(-1, 3, -1, -1).contiguous() for x in (train_x, test_x))
         mean, std = mean.repeat(3), std.repeat(3)
-    return ImageData("fashion-mnist-32" if pad32 else "fashion-mnist", train_x,
-                     parts["train_labels"].long(), test_x, parts["test_labels"].long(), mean, std)
+    name = "fashion-mnist-32" if pad32 else "fashion-mnist-16" if half else "fashion-mnist"
+    return ImageData(name, train_x, parts["train_labels"].long(), test_x, parts["test_labels"].long(), mean, std)
+
+
+def _avg_pool2_uint8(x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+    """2×2 average pooling of uint8 images, rounded to the nearest uint8 (in chunks: little memory)."""
+    out = [torch.nn.functional.avg_pool2d(part.float(), 2).round_().to(torch.uint8) for part in x.split(chunk)]
+    return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------- CIFAR-10
@@ -252,14 +264,15 @@ def load_cifar10(data_dir: Optional[PathLike] = None, *, download: bool = False,
 
 # ---------------------------------------------------------------------------------------- by name
 
-DATASETS = ("cifar10", "fashion-mnist", "fashion-mnist-32")
+DATASETS = ("cifar10", "fashion-mnist", "fashion-mnist-32", "fashion-mnist-16")
 
 
 def _load_cpu(name: str, data_dir: Optional[PathLike], download: bool) -> ImageData:
     if name == "cifar10":
         return load_cifar10(data_dir, download=download)
-    if name in ("fashion-mnist", "fashion-mnist-32"):
-        return load_fashion_mnist(data_dir, download=download, pad32=name.endswith("-32"))
+    if name in ("fashion-mnist", "fashion-mnist-32", "fashion-mnist-16"):
+        return load_fashion_mnist(data_dir, download=download, pad32=name.endswith("-32"),
+                                  half=name.endswith("-16"))
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 

@@ -1,11 +1,14 @@
-"""The paper's image models, written here (no torchvision): MLP, VGG-19 (±BN), ResNet-110 (±BN).
+"""The paper's image models, written here (no torchvision): MLP, VGG-19 (±BN), ResNet-110 (±BN),
+and their smaller siblings (VGG-11/13/16, ResNet-20/32/44/56, any width) for CPU-sized studies.
 
 Shapes and conventions follow the Table-1 protocol of DESIGN.md (the one behind GradInit's
 CIFAR-10 numbers): VGG-19 with biased 3×3 convs and one Linear(512, 10); the CIFAR ResNet with
 BasicBlocks 18/18/18 of widths 16/32/64 and a parameter-free shortcut (stride-2 average pooling,
-BN when the net has BN, zero channels appended). Each builder applies the default init of that
-protocol (Kaiming fan_out for convs, N(0, 0.01) for the VGG classifier); the harness re-initializes
-by name afterwards.
+BN when the net has BN, zero channels appended). Each builder applies the init of GradInit's code
+for that model (convs Kaiming normal fan_out with zero biases, BN (1, 0); the VGG classifier
+N(0, 0.01); the ResNet classifier keeps ``nn.Linear``'s default weight, U(±1/√fan_in), with a zero
+bias): the base of the Table-1 protocol (docs/harness.md), drawn in the same order as that code,
+so one seed gives the same tensors.
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from typing import Callable, Dict, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ["MLP", "VGG", "CifarResNet", "BasicBlock", "build_model", "MODELS", "model_input_shape"]
+__all__ = ["MLP", "VGG", "CifarResNet", "BasicBlock", "build_model", "MODELS", "model_input_shape", "VGG_CFGS"]
 
-VGG19_CFG: List[Union[int, str]] = [
-    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
-]
+Cfg = Sequence[Union[int, str]]
+
+#: The VGG configurations of GradInit's code: channel counts, "M" a 2×2 max-pool.
+VGG_CFGS: Dict[str, List[Union[int, str]]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+VGG19_CFG = VGG_CFGS["vgg19"]
 
 
 class MLP(nn.Module):
@@ -45,17 +55,41 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class VGG(nn.Module):
-    """VGG for 32×32 inputs: conv stack from ``cfg``, then one Linear to the classes."""
+def _vgg_cfg(cfg: Union[str, Cfg], width: float) -> List[Union[int, str]]:
+    """``cfg`` (a name of :data:`VGG_CFGS` or a list) with every channel count × ``width``."""
+    if isinstance(cfg, str):
+        if cfg not in VGG_CFGS:
+            raise ValueError(f"unknown VGG cfg {cfg!r}; known: {', '.join(VGG_CFGS)}")
+        cfg = VGG_CFGS[cfg]
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    out: List[Union[int, str]] = []
+    for v in cfg:
+        if v != "M" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"a VGG cfg holds channel counts (ints >= 1) and 'M', got {v!r}")
+        out.append(v if v == "M" else max(1, round(v * width)))
+    if not any(v != "M" for v in out):
+        raise ValueError("a VGG cfg needs at least one conv")
+    return out
 
-    def __init__(self, cfg: Sequence[Union[int, str]] = VGG19_CFG, batch_norm: bool = False,
-                 num_classes: int = 10, in_channels: int = 3):
+
+class VGG(nn.Module):
+    """VGG for 32×32 inputs: conv stack from ``cfg`` (× ``width`` channels), then one Linear.
+
+    The last max-pool of ``cfg`` is adaptive (to 1×1): on 32×32 inputs it is the same 2×2 pool,
+    and the same net also runs on smaller images (16×16), its classifier always seeing one pixel.
+    """
+
+    def __init__(self, cfg: Union[str, Cfg] = "vgg19", batch_norm: bool = False,
+                 num_classes: int = 10, in_channels: int = 3, width: float = 1.0):
         super().__init__()
+        cfg = _vgg_cfg(cfg, width)
+        last_pool = max((i for i, v in enumerate(cfg) if v == "M"), default=None)
         layers: List[nn.Module] = []
         c = in_channels
-        for v in cfg:
+        for i, v in enumerate(cfg):
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                layers.append(nn.AdaptiveMaxPool2d(1) if i == last_pool else nn.MaxPool2d(2, 2))
                 continue
             layers.append(nn.Conv2d(c, int(v), 3, padding=1, bias=True))
             if batch_norm:
@@ -156,21 +190,20 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _resnet(depth: int) -> Callable[..., nn.Module]:
-    if (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+def _vgg(cfg: str, batch_norm: bool) -> Callable[..., nn.Module]:
+    return lambda **kw: VGG(**{"cfg": cfg, **kw}, batch_norm=batch_norm)
+
+
+def _resnet(depth: int, batch_norm: bool) -> Callable[..., nn.Module]:
     n = (depth - 2) // 6
-    return lambda batch_norm=True, **kw: CifarResNet((n, n, n), batch_norm=batch_norm, **kw)
+    return lambda **kw: CifarResNet((n, n, n), batch_norm=batch_norm, **kw)
 
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda **kw: MLP(**kw),
-    "vgg19": lambda **kw: VGG(VGG19_CFG, batch_norm=False, **kw),
-    "vgg19_bn": lambda **kw: VGG(VGG19_CFG, batch_norm=True, **kw),
-    "resnet20": lambda **kw: _resnet(20)(batch_norm=False, **kw),
-    "resnet20_bn": lambda **kw: _resnet(20)(batch_norm=True, **kw),
-    "resnet110": lambda **kw: _resnet(110)(batch_norm=False, **kw),
-    "resnet110_bn": lambda **kw: _resnet(110)(batch_norm=True, **kw),
+    **{f"{name}{suffix}": _vgg(name, suffix == "_bn") for name in VGG_CFGS for suffix in ("", "_bn")},
+    **{f"resnet{d}{suffix}": _resnet(d, suffix == "_bn")
+       for d in (20, 32, 44, 56, 110) for suffix in ("", "_bn")},
 }
 
 
