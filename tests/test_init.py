@@ -58,6 +58,25 @@ def test_ratio_is_alpha_to_the_exponent(schedule, L):
         assert torch.equal(lin.bias, old[f"{2 * i}.bias"])  # biases are not scaled by default
 
 
+def test_base_keep_scales_the_model_own_init_and_names_it():
+    torch.manual_seed(0)
+    model = mlp(4, bias=True)
+    with torch.no_grad():
+        for lin in linears(model):
+            lin.weight.mul_(0.3)  # an init of the model's own, unlike any base draw
+    old = snapshot(model)
+    state = torch.random.get_rng_state()
+    plan = ei.emergence_init_(model, alpha=2.0, schedule="normalized", base="keep")
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing drawn
+    assert plan.meta["base"] == "keep"
+    for i, lin in enumerate(linears(model)):
+        assert torch.equal(lin.weight, old[f"{2 * i}.weight"] * plan[i].factor)
+    same = mlp(4, bias=True)
+    same.load_state_dict(old)
+    assert ei.emergence_init_(same, alpha=2.0, schedule="normalized", base=None).meta["base"] == "keep"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+
+
 def test_scale_bias_option_scales_biases_with_their_layer():
     model = mlp(3, bias=True)
     old = snapshot(model)

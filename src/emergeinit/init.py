@@ -47,6 +47,7 @@ __all__ = [
     "UnderflowWarning",
     "UNDERFLOW_WARN",
     "UNDERFLOW_REFUSE",
+    "KEEP",
     "apply_plan_",
     "emergence_init_",
     "check_emergence_options",
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 BASES = ("kaiming", "xavier")
+KEEP = "keep"
+"""``base="keep"`` (or None): no base draw; the model's current weights are scaled as they are, so
+a model keeps the init its constructor gave it (the Table-1 protocol's base, docs/harness.md)."""
 NORMAL_BOUND = 8.0
 """A normal draw is bounded by this many standard deviations when its largest value is checked
 against the dtype's range before drawing (P(|z| > 8) ≈ 1e-15 per weight)."""
@@ -161,7 +165,7 @@ class BaseInit:
 
     def __post_init__(self) -> None:
         if self.name not in BASES:
-            raise ValueError(f"unknown base {self.name!r}: use 'kaiming', 'xavier' or None")
+            raise ValueError(f"unknown base {self.name!r}: use 'kaiming', 'xavier', or 'keep' (None)")
         _choice(self.mode, ("fan_in", "fan_out"), "mode")
         _choice(self.distribution, (None, "normal", "uniform"), "distribution")
         if self.name == "kaiming":
@@ -188,7 +192,7 @@ def _as_base(base: BaseLike, options: Any) -> Optional[BaseInit]:
                         f"or apply_plan_, nor of the base draw ({', '.join(known)})")
     if isinstance(base, BaseInit):
         return replace(base, **options) if options else base
-    if base is None:
+    if base is None or base == KEEP:
         BaseInit(**options)
         return None
     return BaseInit(base, **options)
@@ -412,7 +416,7 @@ def apply_plan_(model: nn.Module, plan: InitPlan, *, base: BaseLike = None, **ba
     """Scale ``model``'s tensors by ``plan``'s factors, in place; return the plan.
 
     ``base`` (``"kaiming"``, ``"xavier"`` or a :class:`BaseInit`; ``base_options`` are its fields,
-    such as ``mode="fan_out"`` or ``gain=2``) first re-draws every weight layer of the plan and
+    such as ``mode="fan_out"`` or ``gain=2``; ``"keep"`` or None: no draw) first re-draws every weight layer of the plan and
     zeroes its bias, folded into one pass (weights drawn with std·factor); embeddings and norm
     weights keep their values and are scaled. Everything is checked first — every key resolves,
     shapes match, factors and the scaled weights fit the dtype (fp16/bf16/fp32) — so a failed call
@@ -443,7 +447,9 @@ def emergence_init_(
 
     :func:`~emergeinit.plan.plan_emergence` (which layers, in which order, which factor α**e_k; its
     arguments) then :func:`apply_plan_` (``base`` init and scaling in one pass; ``base_options``:
-    ``mode``, ``nonlinearity``, ``a``, ``gain``, ``distribution`` as in :class:`BaseInit`). Same
+    ``mode``, ``nonlinearity``, ``a``, ``gain``, ``distribution`` as in :class:`BaseInit`).
+    ``base="keep"`` (or None) draws nothing: the weights the model has (its constructor's init,
+    or any init run before) are scaled, so the result differs from them by the factors alone. Same
     seed → bit-identical weights. Everything is checked before any weight changes: a failed call
     leaves the model as it was. Frozen tensors are left as they are unless ``include_frozen``.
     """
@@ -453,7 +459,7 @@ def emergence_init_(
         example_input=example_input, order=order, scale_bias=scale_bias,
         embeddings=embeddings, norms=norms, include_frozen=include_frozen,
     )
-    plan.meta["base"] = resolved.name if resolved is not None else None
+    plan.meta["base"] = resolved.name if resolved is not None else KEEP
     return apply_plan_(model, plan, base=resolved)
 
 
@@ -467,7 +473,7 @@ def check_emergence_options(options: Mapping[str, Any]) -> None:
 
 
 TRANSFORMER_RULES: Dict[str, Rule] = {
-    "beta_enc": POSITIVE, "beta_dec": POSITIVE, "base": optional(one_of("tfixup", "xavier")),
+    "beta_enc": POSITIVE, "beta_dec": POSITIVE, "base": optional(one_of("tfixup", "xavier", KEEP)),
     "gain": POSITIVE, "scale_embeddings": FLAG, "include_frozen": FLAG,
 }
 """The options of :func:`tfixup_init_` and :func:`encoder_decoder_init_` a rule can check."""
@@ -503,19 +509,21 @@ def encoder_decoder_init_(
     embeddings and layers outside both stacks keep their base values).
 
     ``base``: ``"tfixup"`` (T-Fixup, the paper's choice), ``"xavier"`` (Xavier weights, biases 0,
-    embeddings kept), or None (scale the current weights). Layers are found or named as in
+    embeddings kept), or ``"keep"``/None (scale the current weights). Layers are found or named as in
     :func:`~emergeinit.plan.find_transformer_layers`. Returns the per-tensor factors relative to the
     base's draw. Everything is checked before the first weight changes. Frozen tensors are left as
     they are, with a warning, unless ``include_frozen``.
     """
+    if base == KEEP:
+        base = None
     if base not in ("tfixup", "xavier", None):
-        raise ValueError(f"unknown base {base!r}: use 'tfixup', 'xavier' or None")
+        raise ValueError(f"unknown base {base!r}: use 'tfixup', 'xavier', or 'keep' (None)")
     check_values("encoder_decoder_init_", dict(gain=gain, scale_embeddings=scale_embeddings,
                                                include_frozen=include_frozen), TRANSFORMER_RULES)
     plan = plan_transformer(model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
                             tfixup=base == "tfixup", scale_embeddings=scale_embeddings,
                             beta_enc=beta_enc, beta_dec=beta_dec, include_frozen=include_frozen)
-    plan.meta["base"] = base
+    plan.meta["base"] = base if base is not None else KEEP
     if base is None:
         return apply_plan_(model, plan)
     # weight matrices first, embedding tables last: the weights draw the same random numbers with
