@@ -1,3 +1,4 @@
+import argparse
 import math
 
 import pytest
@@ -7,7 +8,7 @@ from torch import nn
 from emergeinit.bench.config import ALIASES, TASKS, resolve_config, run_id
 from emergeinit.bench.data import ImageData
 from emergeinit.bench.image import lr_lambda, make_optimizer, train_epoch
-from emergeinit.bench.records import init_label
+from emergeinit.bench.records import init_label, record_id, resolved_record_config
 
 
 def test_table1_resolves_every_hyperparameter():
@@ -21,7 +22,8 @@ def test_table1_resolves_every_hyperparameter():
 
 
 def test_seed_protocol_and_overrides():
-    c = resolve_config({"protocol": "seed", "model": "mlp", "init_options.alpha": 2, "epochs": 3})
+    c = resolve_config({"protocol": "seed", "model": "mlp", "init": "emergence", "init_options.alpha": 2,
+                        "epochs": 3})
     assert (c["optimizer"], c["lr"], c["lr_schedule"], c["batch_size"]) == ("adam", 1e-3, "constant", 128)
     assert c["schedule_epochs"] == 3 and c["init_options"] == {"alpha": 2}
     assert c["clip_grad_norm"] is None and c["cutout"] == 0
@@ -146,3 +148,29 @@ def test_one_resolver_for_every_task():
     with pytest.raises(ValueError, match="a translation run got a config of task 'image'"):
         resolve_config({"task": "image"}, task="translation")
     assert resolve_config({}, task="translation")["task"] == "translation"
+
+
+def test_protocol_bases_and_what_older_records_meant():
+    assert resolve_config({"protocol": "table1"})["base_init"] == "model"
+    assert resolve_config({"protocol": "seed"})["base_init"] == "kaiming"
+    # a stored config without base_init was made when each method drew its own base
+    old = {k: v for k, v in resolve_config({"protocol": "table1", "model": "vgg19"}).items()
+           if k not in ("base_init", "classifier_init")}
+    record = {"id": "x", "config": old}
+    assert resolved_record_config(record)["base_init"] is None
+    assert record_id(record) == run_id(resolve_config({"protocol": "table1", "model": "vgg19", "base_init": None}))
+    assert record_id(record) != run_id(resolve_config({"protocol": "table1", "model": "vgg19"}))
+
+
+def test_train_flags_set_the_base_and_none_means_null():
+    from emergeinit.bench.commands.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    c = config_from_args(parser.parse_args(["--model", "vgg19", "--classifier-init", "0.05"]))
+    assert (c["base_init"], c["classifier_init"]) == ("model", 0.05)
+    c = config_from_args(parser.parse_args(["--base-init", "none", "--init", "emergence", "--alpha", "2",
+                                            "--base", "kaiming"]))
+    assert c["base_init"] is None and c["init_options"]["base"] == "kaiming"
+    c = config_from_args(parser.parse_args(["--protocol", "seed", "--base-init", "model"]))
+    assert c["base_init"] == "model"

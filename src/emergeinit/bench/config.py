@@ -19,7 +19,8 @@ import copy
 import hashlib
 import importlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 __all__ = [
@@ -34,6 +35,10 @@ __all__ = [
     "task_spec",
     "set_dotted",
     "has_batch_norm",
+    "is_base_row",
+    "fill_legacy",
+    "BASE_INITS",
+    "CLASSIFIER_INITS",
 ]
 
 # Old key name -> its one name now. The meaning is unchanged, except that the image task's old
@@ -80,6 +85,8 @@ IMAGE: Dict[str, Any] = {
     "download": False,            # fetch a missing dataset from its original location
     "test_limit": None,           # evaluate on the first N test images
     "init": "kaiming",            # a method of emergeinit.initialize
+    "base_init": None,            # the weights every row starts from: model | kaiming | xavier (below)
+    "classifier_init": None,      # then the classifier redrawn: None (kept) | kaiming | torch | a std
     "init_batch_size": 128,       # data-dependent inits (metainit, gradinit, lsuv) see batches this big
     "emergence_batch_size": 256,  # E at init is measured on this many training images
     "emergence_threshold": None,  # None: measure_emergence's own default
@@ -101,15 +108,29 @@ IMAGE: Dict[str, Any] = {
     "channels_last": False,       # channels_last memory format for conv nets on CUDA
 }
 
+# Bases (``base_init``): what every row of a protocol starts from, so that a row's difference from
+# the Kaiming row is its method's alone. "model": the model builder's own init (for the built-in
+# VGG and CIFAR ResNets, GradInit's code's); "kaiming" / "xavier": kaiming_init_ / xavier_init_ at
+# their defaults; None: no common base, each method draws as it did before this key existed
+# (kept so that older records mean what they meant; docs/harness.md "Bases").
+BASE_INITS = (None, "model", "kaiming", "xavier")
+CLASSIFIER_INITS = (None, "kaiming", "torch")  # or a positive number: N(0, std²)
+# inits that draw every weight themselves: a row of theirs replaces the base instead of starting from it
+OWN_DRAW_INITS = ("kaiming", "xavier", "lsuv")
+
 IMAGE_PROTOCOLS: Dict[str, Dict[str, Any]] = {
-    # The protocol behind the paper's Table-1 baselines (GradInit's CIFAR-10 code).
+    # The protocol behind the paper's Table-1 baselines (GradInit's CIFAR-10 code), with that code's
+    # init as every row's base.
     "table1": {
+        "base_init": "model",
         "dataset": "cifar10", "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
         "weight_decay": 1e-4, "decay_norm": False, "lr_schedule": "cosine", "schedule_epochs": 200,
         "clip_grad_norm": "no_bn", "crop_padding": 4, "flip": True, "cutout": 16, "epochs": 1,
     },
-    # The paper's own words for its runs: batch 128, constant learning rate 1e-3 (optimizer unnamed).
+    # The paper's own words for its runs: batch 128, constant learning rate 1e-3 (optimizer unnamed),
+    # from "Kaiming initialization" (fan_in, normal, ReLU gain).
     "seed": {
+        "base_init": "kaiming",
         "dataset": "cifar10", "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
         "lr_schedule": "constant", "clip_grad_norm": None, "crop_padding": 0, "flip": False,
         "cutout": 0, "epochs": 1,
@@ -184,6 +205,48 @@ def _finish_image(config: Dict[str, Any]) -> None:
     _check_choice(config, "extra_epoch", (None, "const", "warmup"))
     _check_choice(config, "lr_schedule", ("constant", "cosine"))
     _check_choice(config, "optimizer", ("sgd", "adam", "adamw"))
+    _check_base(config)
+
+
+def is_base_row(config: Mapping[str, Any]) -> bool:
+    """Whether a resolved image config's row is its base alone: ``kaiming`` on a Kaiming base
+    (``model``, whose built-in builders all draw a Kaiming variant, or ``kaiming``), ``xavier`` on
+    a Xavier base."""
+    base, init = config.get("base_init"), config.get("init")
+    return base is not None and ((init == "kaiming" and base in ("model", "kaiming"))
+                                 or (init == "xavier" and base == "xavier"))
+
+
+def _check_base(config: Mapping[str, Any]) -> None:
+    """``base_init`` / ``classifier_init`` and the init they serve agree (before any run starts)."""
+    _check_choice(config, "base_init", BASE_INITS)
+    head = config["classifier_init"]
+    if not (head in CLASSIFIER_INITS or (isinstance(head, (int, float)) and not isinstance(head, bool)
+                                         and math.isfinite(head) and head > 0)):
+        raise ValueError(f"classifier_init must be one of {CLASSIFIER_INITS} or a std > 0, got {head!r}")
+    base, init = config["base_init"], config["init"]
+    if base is None:
+        if head is not None:
+            raise ValueError("classifier_init redraws the classifier of the base: set base_init too")
+        return
+    options = dict(config.get("init_options") or {})
+    if is_base_row(config) and options:
+        raise ValueError(f"the {init} row is the base itself (base_init={base}); its options "
+                         f"{sorted(options)} belong to base_init/classifier_init (or set base_init: null "
+                         f"for the old per-method draws)")
+    if init in OWN_DRAW_INITS and not is_base_row(config) and head is not None:
+        raise ValueError(f"{init} draws every weight itself, so classifier_init={head!r} would be lost")
+    if init == "emergence" and options.get("base") not in (None, "keep"):
+        raise ValueError(f"base_init={base} is the emergence init's base; drop init_options.base "
+                         f"({options['base']!r}) or set base_init: null")
+
+
+def fill_legacy(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A stored config with the values its run used for keys added since (``Task.legacy``), so that
+    resolving it today gives the config that run really had, not today's defaults."""
+    flat = canonical_keys(config)
+    legacy = task_spec(flat.get("task") or "image").legacy
+    return {**{k: v for k, v in legacy.items() if k not in flat}, **flat}
 
 
 def _finish_translation(config: Dict[str, Any]) -> None:
@@ -201,12 +264,15 @@ class Task:
     id_ignored: Tuple[str, ...]         # keys that cannot change a result: left out of run ids
     finish: Callable[[Dict[str, Any]], None]  # fills in derived values, checks choices
     check: str                          # "module:function": checks init and init_options, no run
+    # keys added after records existed whose protocol values differ from what those runs did: a
+    # stored config without one gets this value (fill_legacy), so it keeps its meaning and its id
+    legacy: Mapping[str, Any] = field(default_factory=dict)
 
 
 TASKS: Dict[str, Task] = {
     "image": Task("emergeinit.bench.image:run", IMAGE, IMAGE_PROTOCOLS,
                   ("data_dir", "download", "cpu_threads"), _finish_image,
-                  "emergeinit.bench.image:check_init"),
+                  "emergeinit.bench.image:check_init", {"base_init": None}),
     "translation": Task("emergeinit.bench.translation.train:run", TRANSLATION, TRANSLATION_PROTOCOLS,
                         ("data_dir", "cache_dir", "cpu_threads"), _finish_translation,
                         "emergeinit.bench.translation.train:check_init"),

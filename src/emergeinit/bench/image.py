@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import nn
 import emergeinit as ei
 from emergeinit.baselines import DATA_METHODS
 from emergeinit.bench import augment, ddp
-from emergeinit.bench.config import has_batch_norm, resolve_config
+from emergeinit.bench.config import has_batch_norm, is_base_row, resolve_config
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name
 from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
@@ -29,9 +29,11 @@ from emergeinit.distributed import initialize_
 from emergeinit.models import build_model
 
 __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "lr_lambda",
-           "epoch_steps", "build_image_model", "subset", "DATA_INITS"]
+           "epoch_steps", "build_image_model", "subset", "DATA_INITS", "apply_base_", "redraw_classifier_",
+           "init_generator", "init_model"]
 
 DATA_INITS = tuple(sorted(DATA_METHODS))  # inits that look at a batch of data
+_INIT_STREAM = 0x9E3779B97F4A7C15  # offset of the init batches' seed from the training seed
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -127,6 +129,7 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
     chunks = torch.tensor_split(kept.float().cpu(), min(points, max(1, kept.numel()))) if kept.numel() else []
     return {
         "train_loss": float(kept.mean()) if kept.numel() else None,
+        "first_loss": float(kept.reshape(kept.shape[0], -1)[0, 0]) if kept.numel() else None,
         "loss_curve": [float(c.mean()) for c in chunks if c.numel()],
         "steps": out.steps,
         "diverged_at_step": out.diverged_at,
@@ -185,15 +188,26 @@ def _init_batches(data: ImageData, config: Mapping[str, Any],
             yield prepare_batch(data, data.train_x[idx], config, generator), data.train_y[idx]
 
 
+def _method_options(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The options the init method is called with: ``init_options``, and on a protocol base the
+    emergence init's ``base="keep"`` (it scales the base instead of drawing one)."""
+    options = dict(config.get("init_options") or {})
+    if config.get("base_init") is not None and config["init"] == "emergence":
+        options["base"] = "keep"
+    return options
+
+
 def check_init(config: Mapping[str, Any]) -> None:
     """The config's init and its options, checked as :func:`emergeinit.initialize` would, without a
-    model (a grid runs this for every config before its first run)."""
-    ei.check_options(config["init"], dict(config.get("init_options") or {}))
+    model (a grid runs this for every config before its first run). A base row calls no method."""
+    if not is_base_row(config):
+        ei.check_options(config["init"], _method_options(config))
 
 
-def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
-                generator: Optional[torch.Generator]) -> Dict[str, Any]:
-    options = dict(config.get("init_options") or {})
+def _method(model: nn.Module, config: Mapping[str, Any], options: Dict[str, Any], data: ImageData,
+            generator: Optional[torch.Generator]) -> Dict[str, Any]:
+    """``config["init"]`` with ``options`` through :func:`emergeinit.initialize` (the same on
+    every rank of a DDP run); data-dependent inits get training batches drawn with ``generator``."""
     if config["init"] in DATA_INITS:
         options.setdefault("data", _init_batches(data, config, generator))
         if config["init"] != "lsuv":
@@ -206,6 +220,59 @@ def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
     # the same on every rank of a DDP run: data-dependent inits computed on rank 0 and broadcast
     generators = (generator,) if generator is not None else ()
     return initialize_(model, config["init"], generators=generators, **options).to_dict()
+
+
+def _classifier(model: nn.Module) -> nn.Linear:
+    """The classifier: the last ``nn.Linear`` in registration order."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"classifier_init: {type(model).__name__} has no nn.Linear classifier")
+    return linears[-1]
+
+
+def redraw_classifier_(model: nn.Module, how: Union[str, float]) -> Dict[str, Any]:
+    """Redraw the classifier's weight, bias to 0: ``"kaiming"`` (normal, fan_in, ReLU gain: what a
+    fan_in Kaiming base gives it), ``"torch"`` (``nn.Linear``'s default U(±1/√fan_in), as GradInit's
+    ResNet keeps it) or a std (N(0, std²), as GradInit's VGG draws it with 0.01)."""
+    head = _classifier(model)
+    with torch.no_grad():
+        if how == "kaiming":
+            nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="relu")
+        elif how == "torch":
+            nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5))
+        else:
+            nn.init.normal_(head.weight, 0.0, float(how))
+        if head.bias is not None:
+            head.bias.zero_()
+    return {"classifier_init": how, "std": float(head.weight.detach().std())}
+
+
+def apply_base_(model: nn.Module, config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The protocol's base, in place: ``base_init`` (``model`` keeps the builder's init) and then
+    ``classifier_init``. Returns what it did, for the record."""
+    base = config["base_init"]
+    out: Dict[str, Any] = {"base_init": base}
+    if base in ("kaiming", "xavier"):  # seeded: the same draw on every rank of a DDP run (checked)
+        out["record"] = initialize_(model, base).to_dict()
+    if config.get("classifier_init") is not None:
+        out["classifier"] = redraw_classifier_(model, config["classifier_init"])
+    return out
+
+
+def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
+                generator: Optional[torch.Generator]) -> Dict[str, Any]:
+    """The init of a run. With a ``base_init``: the base, then the method on top of it (the base
+    row is the base alone; emergence scales the base, ``base="keep"``; GradInit and MetaInit start
+    from it; Xavier and LSUV draw their own). Without one (older records): the method alone."""
+    if config["base_init"] is None:
+        return _method(model, config, _method_options(config), data, generator)
+    base = apply_base_(model, config)
+    if is_base_row(config):
+        record = ei.InitRecord(method=config["init"], options={}, details={"base_row": True}).to_dict()
+    else:
+        record = _method(model, config, _method_options(config), data, generator)
+    record["base"] = base
+    return record
 
 
 def _measure(model: nn.Module, config: Mapping[str, Any], data: ImageData) -> Dict[str, Any]:
@@ -230,20 +297,36 @@ def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
         return _run(config, progress)
 
 
+def init_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The generator of the batches a data-dependent init sees: its own stream, so that the runs of
+    one seed train on the same batches whatever their init (seed pairing)."""
+    return torch.Generator(device=device).manual_seed((int(seed) + _INIT_STREAM) % (1 << 63))
+
+
+def init_model(config: Mapping[str, Any], data: ImageData,
+               generator: Optional[torch.Generator] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The model a run starts training from, and its init's record: seeded by ``config["seed"]``,
+    built, initialized (base, then method). ``generator``: the training batches' stream, which
+    data-dependent inits shared before ``base_init`` existed (those configs still do)."""
+    config = resolve_config(config, task="image")
+    device = data.train_x.device
+    seed = int(config["seed"])
+    torch.manual_seed(seed)  # the model's own init draws from here: the same tensors for every row of a seed
+    model = build_image_model(config, data).to(device)
+    own_stream = config["base_init"] is not None or generator is None
+    return model, _initialize(model, config, data, init_generator(seed, device) if own_stream else generator)
+
+
 def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     device = pick_device(config["device"])
-    seed = int(config["seed"])
-    torch.manual_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(int(config["seed"]))
     data = subset(load_dataset(config["dataset"], config["data_dir"], download=config["download"],
                                device=device), config)
-    model = build_image_model(config, data).to(device)
-    extra: Dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()),
-                             "train_size": int(data.train_x.shape[0]), "test_size": int(data.test_x.shape[0])}
-
     t0 = time.perf_counter()
-    init_record = _initialize(model, config, data, generator)
-    extra["init_wall_s"] = time.perf_counter() - t0
+    model, init_record = init_model(config, data, generator)
+    extra: Dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()),
+                             "train_size": int(data.train_x.shape[0]), "test_size": int(data.test_x.shape[0]),
+                             "num_classes": int(data.num_classes), "init_wall_s": time.perf_counter() - t0}
     if config.get("channels_last") and config["model"] != "mlp":
         model = model.to(memory_format=torch.channels_last)
     try:
@@ -275,6 +358,8 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
             extra["diverged_at"] = {"epoch": epoch, "step": stats["diverged_at_step"]}
             break
         acc, test_loss = evaluate(model, data, config)
+        if "first_loss" not in extra:
+            extra["first_loss"] = _finite(stats["first_loss"])  # the run's first step (failure check)
         epochs.append({"epoch": epoch, "phase": phase, "train_loss": _finite(stats["train_loss"]),
                        "test_acc": acc, "test_loss": _finite(test_loss), "lr_end": stats["lr_end"],
                        "steps": stats["steps"], "time_s": time.perf_counter() - t_epoch,

@@ -17,13 +17,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from emergeinit.bench.config import canonical_keys, resolve_config, run_id
+from emergeinit.bench.config import canonical_keys, fill_legacy, resolve_config, run_id
 
 __all__ = [
     "FINISHED",
     "append_record",
     "read_records",
     "record_id",
+    "resolved_record_config",
     "latest_records",
     "finished_ids",
     "record_config",
@@ -113,13 +114,21 @@ def read_records(path: PathLike) -> List[Dict[str, Any]]:
     return records
 
 
-def record_id(record: Mapping[str, Any]) -> str:
-    """The id of the record's config as resolved today (old key names renamed, keys added since
-    at their defaults); the stored ``id`` when the config no longer resolves."""
+def resolved_record_config(record: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The record's config as resolved today: old key names renamed, keys added since at the value
+    the run really used (:func:`~emergeinit.bench.config.fill_legacy`) or else at their defaults;
+    None when it no longer resolves."""
     try:
-        return run_id(resolve_config(record["config"]))
+        return resolve_config(fill_legacy(record["config"]))
     except (KeyError, TypeError, ValueError):
-        return record["id"]
+        return None
+
+
+def record_id(record: Mapping[str, Any]) -> str:
+    """The id of :func:`resolved_record_config`; the stored ``id`` when the config no longer
+    resolves."""
+    config = resolved_record_config(record)
+    return run_id(config) if config is not None else record["id"]
 
 
 def latest_records(records: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:

@@ -22,18 +22,27 @@ _FLAGS = {
     "scope": "init_options.scope", "base": "init_options.base", "seed": "seed",
     "epochs": "epochs", "extra_epoch": "extra_epoch", "optimizer": "optimizer", "lr": "lr",
     "batch_size": "batch_size", "data_dir": "data_dir", "device": "device",
+    "base_init": "base_init", "classifier_init": "classifier_init",
 }
+_UNSET = object()  # default of the flags whose "none" is a value of its own (base_init, classifier_init)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=["table1", "seed"], help="hyperparameter set (default table1)")
-    parser.add_argument("--model", help="mlp, vgg19, vgg19_bn, resnet20[_bn], resnet110[_bn]")
-    parser.add_argument("--dataset", choices=["cifar10", "fashion-mnist", "fashion-mnist-32"])
+    parser.add_argument("--model", help="mlp, vgg11/13/16/19[_bn], resnet20/32/44/56/110[_bn]")
+    parser.add_argument("--dataset", choices=["cifar10", "fashion-mnist", "fashion-mnist-32", "fashion-mnist-16"])
     parser.add_argument("--init", help="kaiming, xavier, emergence, metainit, gradinit, lsuv")
+    parser.add_argument("--base-init", type=_none_or_str, default=_UNSET, metavar="{model,kaiming,xavier,none}",
+                        help="the weights every init starts from (default: the protocol's; table1: model, "
+                             "the model's own init as in GradInit's code; seed: kaiming; none: each "
+                             "method's own draw, as before this option)")
+    parser.add_argument("--classifier-init", type=_classifier, default=_UNSET, metavar="{kaiming,torch,STD}",
+                        help="redraw the base's classifier: Kaiming fan_in, nn.Linear's default, or N(0, STD²)")
     parser.add_argument("--alpha", type=float, help="emergence: the factor α of eq 8")
     parser.add_argument("--schedule", choices=["literal", "normalized"], help="emergence: exponent schedule")
     parser.add_argument("--scope", choices=["global", "blockwise"], help="emergence: over the net or per block")
-    parser.add_argument("--base", help="emergence: base init (kaiming, xavier, none)")
+    parser.add_argument("--base", help="emergence: its own base draw (kaiming, xavier, keep); only with "
+                                       "--base-init none, else the protocol's base is the emergence base")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--epochs", type=int, help="measured epochs (Acc_1 after the first)")
     parser.add_argument("--extra-epoch", choices=["const", "warmup"], help="one epoch before the measured ones")
@@ -52,6 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _none_or_str(text: str) -> Any:
+    return None if text.lower() in ("none", "null") else text
+
+
+def _classifier(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return _none_or_str(text)
+
+
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The run config the flags describe, resolved with the protocol's defaults."""
     from emergeinit.bench.config import resolve_config
@@ -60,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     config: Dict[str, Any] = {"task": "image"}
     for flag, key in _FLAGS.items():
         value = getattr(args, flag)
-        if value is not None:
+        if value is not _UNSET and (value is not None or flag in ("base_init", "classifier_init")):
             config[key] = value
     if config.get("init_options.base") == "none":  # the flag's word for base=None (scale the current weights)
         config["init_options.base"] = None
