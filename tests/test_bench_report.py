@@ -1,20 +1,25 @@
 import json
+import math
+import statistics
 
 import pytest
 
 from emergeinit.bench.commands.demo import DEMO_SPEC
 from emergeinit.bench.grid import expand_grid, load_grid
-from emergeinit.bench.records import group_records
-from emergeinit.bench.report import bold_best, markdown_table, mean_std
+from emergeinit.bench import plots
+from emergeinit.bench.records import classify_run, group_records
+from emergeinit.bench.report import (
+    bold_best, image_cells, image_report, markdown_table, mean_std, paired_deltas, paired_interval, t_quantile,
+)
 from emergeinit.cli import main as cli_main
 
 
-def record(model, init, seed, accs, status="ok", options=None, extra_epoch=None, log10=8.0):
+def record(model, init, seed, accs, status="ok", options=None, extra_epoch=None, log10=8.0, curve=None, **keys):
     config = {"task": "image", "protocol": "table1", "dataset": "fashion-mnist-32", "model": model,
               "init": init, "init_options": options or {}, "extra_epoch": extra_epoch, "seed": seed,
-              "epochs": len(accs)}
+              "epochs": 2, **keys}
     epochs = [{"epoch": i + 1, "phase": "main", "train_loss": 2.0 - 0.1 * i, "test_acc": a,
-               "loss_curve": [2.3, 2.0 - 0.1 * i]} for i, a in enumerate(accs)]
+               "loss_curve": curve or [2.3, 2.0 - 0.1 * i]} for i, a in enumerate(accs)]
     layers = [{"name": f"l{i}", "nodes": 10, "active": 2 * i + 2} for i in range(3)]
     return {"id": f"{model}-{init}-{seed}-{extra_epoch}-{json.dumps(options)}", "task": "image",
             "config": config, "status": status, "epochs": epochs, "device": "test-cpu",
@@ -54,12 +59,17 @@ def test_report_table_and_plots_from_results_file(results_file, tmp_path, capsys
     assert "## table1 protocol on fashion-mnist-32" in text
     acc1 = text.split("### Acc_1")[1].split("###")[0]
     rows = {line.split(" | ")[0].strip("| "): line for line in acc1.splitlines() if line.startswith("| ")}
-    assert rows["kaiming"] == "| kaiming | 41.0 ± 1.4 (n=2) | **80.5 ± 0.7 (n=2)** |"
-    assert "**46.0 ± 1.4 (n=2, 1 diverged)**" in rows["emergence (normalized, α=2)"]
-    assert "30.0 (n=1)" in rows["kaiming +1 epoch (warmup)"]
+    assert rows["kaiming"] == "| kaiming | 41.0 ± 1.4 (n=2), all ok | **80.5 ± 0.7 (n=2), all ok** |"
+    assert ("**46.0 ± 1.4 (n=2); ok runs 46.0 ± 1.4 (n=2); 2 ok, 1 diverged**"
+            in rows["emergence (normalized, α=2)"])
+    assert "30.0 (n=1), all ok" in rows["kaiming +1 epoch (warmup)"]
     best = text.split("### Acc_best")[1].split("###")[0]
-    assert "**56.0 ± 1.4 (n=2, 1 diverged)**" in best and "51.0 ± 1.4 (n=2)" in best
-    assert "9.00 ± 0.00 (n=3, 1 diverged)" in text.split("### log10 E")[1]
+    assert "**56.0 ± 1.4 (n=2); ok runs" in best and "51.0 ± 1.4 (n=2), all ok" in best
+    assert "| 9.00 ± 0.00 (n=3) |" in text.split("### log10 E")[1]
+    delta = text.split("### Acc_1 − Kaiming")[1].split("###")[0]
+    # seeds 0 and 1 paired: +5, +5 -> mean 5, a zero-width interval; the warm-up row has seed 0 only
+    assert "| emergence (normalized, α=2) | +5.0 [+5.0, +5.0] (pairs=2); 2 ok, 1 diverged |" in delta
+    assert "| kaiming +1 epoch (warmup) | -10.0 (pairs=1); 1 ok |" in delta
     for name in ("fig2_loss_emergence.png", "fig3_mlp.png", "active_fraction.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in text
@@ -76,3 +86,83 @@ def test_report_on_a_missing_path_fails_and_writes_nothing(tmp_path, results_fil
     err = capsys.readouterr().err
     assert "no such results file" in err and str(missing) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_are_classified_and_a_huge_finite_loss_is_not_ok():
+    ok = record("vgg19", "kaiming", 0, [40.0])
+    assert classify_run(ok) == ("ok", "")
+    chance = record("vgg19", "kaiming", 0, [11.9])
+    assert classify_run(chance)[0] == "failed" and "chance" in classify_run(chance)[1]
+    assert classify_run(record("vgg19", "kaiming", 0, [12.1]))[0] == "ok"
+    blown = record("vgg19", "kaiming", 0, [35.0], curve=[2.3, 1e31])
+    blown["extra"] = {"first_loss": 2.3}
+    assert classify_run(blown)[0] == "failed" and "1e+31" in classify_run(blown)[1]
+    # records made before first_loss: the first loss-curve point stands in for the first step
+    old = record("vgg19", "kaiming", 0, [35.0], curve=[2.0, 25.0])
+    assert classify_run(old)[0] == "failed"
+    assert classify_run(record("vgg19", "kaiming", 0, [], status="diverged"))[0] == "diverged"
+    err = record("vgg19", "kaiming", 0, [], status="error")
+    err["error"] = "RuntimeError: boom"
+    assert classify_run(err) == ("error", "RuntimeError: boom")
+    cifar100ish = record("vgg19", "kaiming", 0, [11.0])
+    cifar100ish["extra"] = {"num_classes": 100}  # chance 1%: 11% is a result, not a failure
+    assert classify_run(cifar100ish)[0] == "ok"
+
+
+def test_a_cell_pools_only_runs_that_differ_in_the_seed():
+    """Issue 9.2: runs of 20000 images / 1 epoch and of 60000 / 2 epochs were pooled into one
+    'kaiming' cell; now they are two rows, each named by the keys that differ."""
+    recs = [record("vgg19", "kaiming", s, [80.0 + s], train_limit=20000, epochs=1) for s in range(3)]
+    recs += [record("vgg19", "kaiming", s, [90.0 + s, 91.0], train_limit=60000) for s in range(3)]
+    recs += [record("vgg19", "emergence", 0, [50.0], options={"alpha": 2.0}, train_limit=20000, epochs=1)]
+    cells = image_cells(recs)
+    rows = sorted(r for r, _ in cells)
+    assert rows == ["emergence (α=2)", "kaiming · epochs=1, train_limit=20000", "kaiming · epochs=2, train_limit=60000"]
+    assert cells["kaiming · epochs=1, train_limit=20000", "vgg19"].values("acc_1") == [80.0, 81.0, 82.0]
+    # a device or data folder is no reason to split: those keys cannot change a result
+    same = [record("vgg19", "kaiming", 0, [1.0], data_dir="/a"), record("vgg19", "kaiming", 1, [2.0], data_dir="/b")]
+    assert [len(c.records) for c in image_cells(same).values()] == [2]
+    deltas = paired_deltas(cells)
+    assert [(d.row, d.diffs) for d in deltas] == [("emergence (α=2)", [50.0 - 80.0])]
+
+
+def test_paired_interval_is_the_paired_t_interval():
+    assert t_quantile(1) == 12.706 and t_quantile(4) == 2.776 and 1.96 < t_quantile(200) < t_quantile(30)
+    mean, lo, hi = paired_interval([2.0, 4.0, 9.0])
+    sd = statistics.stdev([2.0, 4.0, 9.0])
+    assert mean == 5.0 and hi - mean == pytest.approx(4.303 * sd / math.sqrt(3)) and mean - lo == hi - mean
+    assert paired_interval([3.0]) == (3.0, None, None) and paired_interval([]) == (None, None, None)
+
+
+def test_alpha_map_heatmap_and_log_loss_axes(tmp_path, monkeypatch):
+    recs = []
+    for s in range(2):
+        recs.append(record("resnet20", "kaiming", s, [50.0 + s]))
+        for alpha in (1.5, 2.0, 5.0):
+            for schedule in ("normalized", "literal"):
+                acc = 10.0 if (alpha == 5.0 and schedule == "literal") else 50.0 + alpha + s
+                recs.append(record("resnet20", "emergence", s, [acc], options={"alpha": alpha, "schedule": schedule},
+                                   curve=[2.3, 1e9] if acc == 10.0 else None))
+    axes = {}
+    real_save = plots._save
+
+    def spy(plt, fig, path, **kw):
+        axes[path.name] = [ax.get_yscale() for ax in fig.axes if ax.get_visible()]
+        return real_save(plt, fig, path, **kw)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    text = image_report(recs, tmp_path)
+    assert "![Acc_1 − Kaiming by α (table1 on fashion-mnist-32)](alpha_map_0.png)" in text
+    assert (tmp_path / "alpha_map_0.png").read_bytes()[:4] == b"\x89PNG"
+    assert axes["fig2_loss_emergence.png"] == ["log"]
+    delta = text.split("### Acc_1 − Kaiming")[1].split("###")[0]
+    assert "| emergence (literal, α=5) | -40.5 [-46.9, -34.1] (pairs=2); 2 failed |" in delta
+    assert "| emergence (normalized, α=2) | +2.0 [+2.0, +2.0] (pairs=2); 2 ok |" in delta
+    cells = [c for c in (plots_cells(recs)) if c["alpha"] == 5.0 and c["row"] == "emergence (literal)"]
+    assert cells and cells[0]["counts"]["failed"] == 2
+
+
+def plots_cells(recs):
+    from emergeinit.bench.report import _heat_cell
+
+    return [_heat_cell(d) for d in paired_deltas(image_cells(recs))]

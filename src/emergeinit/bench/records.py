@@ -33,6 +33,11 @@ __all__ = [
     "log10_emergence",
     "accuracy",
     "init_label",
+    "classify_run",
+    "task_of",
+    "OUTCOMES",
+    "CHANCE_MARGIN",
+    "LOSS_BLOWUP",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -218,3 +223,60 @@ def init_label(config: Mapping[str, Any]) -> str:
     if extra:
         label += " " + EXTRA_EPOCH_LABELS[extra]
     return label
+
+
+# ----------------------------------------------------------------------------- run outcomes
+
+OUTCOMES = ("ok", "failed", "diverged", "error")
+CHANCE_MARGIN = 2.0  # a final test accuracy within this many points of chance: failed to train
+LOSS_BLOWUP = 10.0   # a final training loss above this many times the first step's: failed to train
+_CLASSES = {"cifar10": 10, "fashion-mnist": 10, "fashion-mnist-32": 10, "fashion-mnist-16": 10}
+
+
+def _losses(record: Mapping[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+    """(first step's training loss, final training loss) of a record. The first is
+    ``extra.first_loss``; records made before it existed give the first point of the first loss
+    curve (a mean over the first few steps). The final is the last point of the last loss curve."""
+    epochs = record.get("epochs") or []
+    first = (record.get("extra") or {}).get("first_loss")
+    if first is None and epochs:
+        curve = epochs[0].get("loss_curve") or []
+        first = curve[0] if curve else epochs[0].get("train_loss")
+    final = None
+    if epochs:
+        curve = epochs[-1].get("loss_curve") or []
+        final = curve[-1] if curve else epochs[-1].get("train_loss")
+    return first, final
+
+
+def classify_run(record: Mapping[str, Any]) -> Tuple[str, str]:
+    """``(outcome, why)``: ``error`` (the run raised), ``diverged`` (a non-finite training loss),
+    ``failed`` (failed to train: a final test accuracy within :data:`CHANCE_MARGIN` points of
+    chance, or a final training loss above :data:`LOSS_BLOWUP` × the first step's; a finite loss of
+    1e31 is not ok), else ``ok``."""
+    status = record.get("status")
+    if status == "error":
+        return "error", str(record.get("error") or "the run raised")
+    if status == "diverged":
+        where = (record.get("extra") or {}).get("diverged_at") or {}
+        return "diverged", "non-finite training loss" + (
+            f" (epoch {where.get('epoch')}, step {where.get('step')})" if where else "")
+    epochs = record.get("epochs") or []
+    accs = [e.get("test_acc") for e in epochs if e.get("test_acc") is not None]
+    config = record_config(record)
+    classes = (record.get("extra") or {}).get("num_classes") or _CLASSES.get(str(config.get("dataset")))
+    if accs and classes:
+        chance = 100.0 / float(classes)
+        if abs(accs[-1] - chance) <= CHANCE_MARGIN:
+            return "failed", f"final test accuracy {accs[-1]:.1f}% is within {CHANCE_MARGIN:g} points of chance ({chance:g}%)"
+    first, final = _losses(record)
+    if first is not None and final is not None and first > 0 and not final <= LOSS_BLOWUP * first:
+        return "failed", f"final training loss {final:.3g} > {LOSS_BLOWUP:g} × the first step's ({first:.3g})"
+    if not epochs and task_of(record) == "image":
+        return "failed", "no epoch finished"
+    return "ok", ""
+
+
+def task_of(record: Mapping[str, Any]) -> str:
+    """The record's task (``image`` for records older than the task key)."""
+    return str(record.get("task") or (record.get("config") or {}).get("task") or "image")

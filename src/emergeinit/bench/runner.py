@@ -1,8 +1,9 @@
 """Runs as independent units: a config in, one record out, appended to a results file.
 
 A record is the task's result plus where and how it ran (config, git commit, versions, device,
-wall time, status). A grid resumes by skipping configs whose :func:`~emergeinit.bench.config.run_id`
-already has a finished record (``ok`` or ``diverged``; ``error`` runs are retried).
+wall time, status) and its outcome (ok, failed to train, diverged or error). A grid resumes by
+skipping configs whose :func:`~emergeinit.bench.config.run_id` already has a finished record
+(``ok`` or ``diverged``; ``error`` runs are retried).
 
 The executor is the only seam between a grid and where its runs happen: anything with
 ``map(fn, configs) -> iterable of records`` (in the order it likes) will do, e.g. a process or
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from emergeinit.bench.config import resolve_config, run_id, task_spec
 from emergeinit.bench.env import device_name, git_commit, versions
 from emergeinit.bench.loop import pick_device
-from emergeinit.bench.records import PathLike, append_record, finished_ids
+from emergeinit.bench.records import PathLike, append_record, classify_run, finished_ids
 
 __all__ = ["execute", "failed_record", "run_task", "check_configs", "InProcessExecutor", "run_grid"]
 
@@ -96,6 +97,7 @@ def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, An
     record["wall_s"] = time.perf_counter() - t0
     record["status"] = status
     record["error"] = error
+    record["outcome"], record["outcome_reason"] = classify_run(record)  # ok | failed | diverged | error
     return record
 
 
