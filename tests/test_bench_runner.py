@@ -5,7 +5,7 @@ import pytest
 from _bench_helpers import write_fashion_mnist
 from emergeinit.bench import runner
 from emergeinit.bench.config import resolve_config, run_id
-from emergeinit.bench.grid import apply_sets, expand_grid, filter_configs, load_grid
+from emergeinit.bench.grid import apply_sets, expand_grid, filter_configs, load_grid, shard_configs
 from emergeinit.bench.records import append_record, finished_ids, latest_records, read_records
 from emergeinit.bench.runner import run_grid
 from emergeinit.cli import main as cli_main
@@ -38,6 +38,34 @@ def test_grid_expansion_cells_tie_values_and_seed_major_order():
     sets = apply_sets(configs, ["lr=0.05", "init_options.base=xavier"])
     assert all(c["lr"] == 0.05 and c["init_options"]["base"] == "xavier" for c in sets)
     assert len(filter_configs(configs, ["model=vgg*", "init=emergence"])) == 4
+
+
+def test_shards_split_a_grid_into_disjoint_parts_that_cover_it():
+    configs = expand_grid(SPEC)
+    parts = [shard_configs(configs, f"{i}/3") for i in (1, 2, 3)]
+    ids = [[run_id(c) for c in p] for p in parts]
+    assert sorted(sum(ids, [])) == sorted(run_id(c) for c in configs)
+    assert [len(p) for p in parts] == [3, 3, 2] and parts[0][0] == configs[0] and parts[1][0] == configs[1]
+    for bad in ("0/2", "3/2", "1-2", "a/b"):
+        with pytest.raises(ValueError, match="shard"):
+            shard_configs(configs, bad)
+
+
+def test_sensitivity_map_config():
+    """The CPU map: 128 runs a seed; every emergence cell has its Kaiming row (same model, options,
+    classifier base, seed) in the grid."""
+    configs = [resolve_config(c) for c in load_grid("configs/sensitivity.yaml")]
+    seeds = sorted({c["seed"] for c in configs})
+    assert len(configs) == 128 * len(seeds)
+    key = lambda c: (c["model"], json.dumps(c["model_options"], sort_keys=True), c["classifier_init"], c["seed"])  # noqa: E731
+    kaiming = {key(c) for c in configs if c["init"] == "kaiming"}
+    assert all(key(c) in kaiming for c in configs)
+    scopes = {}
+    for c in configs:
+        if c["init"] == "emergence":
+            scopes.setdefault(c["model"], set()).add(c["init_options"].get("scope", "global"))
+    assert scopes["vgg13"] == {"global"} and scopes["resnet20_bn"] == {"global", "blockwise"}
+    assert {c["base_init"] for c in configs} == {"model"}
 
 
 def test_table1_config_file():

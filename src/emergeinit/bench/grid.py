@@ -18,7 +18,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 from emergeinit.bench.config import set_dotted as _set_dotted
 
-__all__ = ["expand_grid", "read_yaml", "load_grid", "parse_assignment", "apply_sets", "filter_configs"]
+__all__ = ["expand_grid", "read_yaml", "load_grid", "parse_assignment", "apply_sets", "filter_configs",
+           "shard_configs"]
 
 _TOP_KEYS = {"task", "protocol", "defaults", "grid", "cells", "name", "description"}
 
@@ -122,3 +123,17 @@ def filter_configs(configs: Iterable[Dict[str, Any]], wheres: Sequence[str]) -> 
         pairs.append((key.strip(), pattern))
     return [c for c in configs
             if all(fnmatch.fnmatchcase(str(_get_dotted(c, k)), p) for k, p in pairs)]
+
+
+def shard_configs(configs: Sequence[Dict[str, Any]], shard: str) -> List[Dict[str, Any]]:
+    """Part ``i`` of ``k`` (``shard="i/k"``, 1-based): every k-th config from the i-th, so k
+    processes started with 1/k .. k/k run disjoint parts of one grid side by side (the same results
+    file is safe: each record is one append). Seed-major order keeps every part's seeds whole-ish."""
+    index, sep, count = str(shard).partition("/")
+    try:
+        i, k = int(index), int(count)
+    except ValueError:
+        i = k = 0
+    if not sep or not (1 <= i <= k):
+        raise ValueError(f"shard must be i/k with 1 <= i <= k, got {shard!r}")
+    return [c for n, c in enumerate(configs) if n % k == i - 1]

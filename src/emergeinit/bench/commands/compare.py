@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a key in every run (dotted for nested), e.g. dataset=fashion-mnist-32")
     parser.add_argument("--where", action="append", default=[], metavar="KEY=PATTERN",
                         help="only runs whose key matches the pattern, e.g. model='vgg19*'")
+    parser.add_argument("--shard", metavar="I/K",
+                        help="run only part I of K of the grid (every K-th run): K processes side by side")
     parser.add_argument("--limit", type=int, help="start at most this many pending runs")
     parser.add_argument("--max-minutes", type=float,
                         help="start no new run after this many minutes (time-boxed parts; rerun resumes)")
@@ -48,13 +50,15 @@ def _executor(args: argparse.Namespace) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     from emergeinit.bench.config import resolve_config, run_id
-    from emergeinit.bench.grid import apply_sets, filter_configs, load_grid
+    from emergeinit.bench.grid import apply_sets, filter_configs, load_grid, shard_configs
     from emergeinit.bench.records import finished_ids
     from emergeinit.bench.runner import check_configs, run_grid
 
     results = Path(args.results or Path("results") / (Path(args.config).stem + ".jsonl"))
     try:  # every config resolves and its init options check out, or nothing runs
         configs = filter_configs(apply_sets(load_grid(args.config), args.set), args.where)
+        if args.shard:
+            configs = shard_configs(configs, args.shard)
         resolved = [resolve_config(c) for c in configs]
         check_configs(resolved)
     except (OSError, ValueError, TypeError) as err:
