@@ -77,7 +77,7 @@ def test_report_table_and_plots_from_results_file(results_file, tmp_path, capsys
 
 def test_demo_grid_equals_its_config_file():
     assert expand_grid(DEMO_SPEC) == load_grid("configs/demo.yaml")
-    assert len(expand_grid(DEMO_SPEC)) == 4 * 3
+    assert len(expand_grid(DEMO_SPEC)) == 3 * 5
 
 
 def test_report_on_a_missing_path_fails_and_writes_nothing(tmp_path, results_file, capsys):
@@ -166,3 +166,43 @@ def plots_cells(recs):
     from emergeinit.bench.report import _heat_cell
 
     return [_heat_cell(d) for d in paired_deltas(image_cells(recs))]
+
+
+def test_describe_says_what_the_interval_shows():
+    from types import SimpleNamespace
+
+    from emergeinit.bench.commands.demo import describe
+
+    def delta(diffs, counts):
+        return SimpleNamespace(row="em", diffs=diffs, counts=counts, interval=paired_interval(diffs))
+
+    ok = {"ok": 3, "failed": 0, "diverged": 0, "error": 0}
+    assert describe(delta([4.0, 5.0, 6.0], ok)) == (
+        "em: +5.0 points against Kaiming (higher in 3 of 3 seeds; 95% interval [+2.5, +7.5]): "
+        "a gain these seeds establish.")
+    assert "not settled by these seeds" in describe(delta([9.0, -2.0, 5.0], ok))
+    lost = describe(delta([-40.0, -38.0], {"ok": 0, "failed": 2, "diverged": 1, "error": 0}))
+    assert lost.endswith("a loss these seeds establish; 3 of its 3 runs failed to train or diverged.")
+    assert describe(delta([], {"ok": 0, "failed": 0, "diverged": 2, "error": 0})).startswith("em: no seed")
+
+
+def test_demo_command_runs_a_grid_and_prints_the_paired_table(tmp_path, capsys):
+    from _bench_helpers import write_fashion_mnist
+
+    folder = write_fashion_mnist(tmp_path / "fm", n_train=16, n_test=8)
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(json.dumps({
+        "task": "image", "protocol": "table1",
+        "defaults": {"dataset": "fashion-mnist-16", "model": "vgg11", "model_options": {"width": 0.0625},
+                     "batch_size": 4, "max_epoch_steps": 2, "emergence_batch_size": 4, "eval_batch_size": 8},
+        "grid": {"seed": [0, 1]},
+        "cells": [{"init": "kaiming"}, {"init": "emergence", "init_options.alpha": 2.0,
+                                        "init_options.schedule": "normalized"}]}))
+    args = ["demo", "--config", str(grid), "--data-dir", str(folder), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--no-progress"]
+    assert cli_main(args) == 0
+    text = capsys.readouterr().out
+    assert "Acc_1 − Kaiming, seed-paired [95%]" in text and "(pairs=2)" in text
+    assert "- emergence (normalized, α=2): " in text and "points against Kaiming" in text
+    assert (tmp_path / "out" / "image_report.md").exists()
+    assert cli_main(args) == 0 and "0 runs now, 4 reused" in capsys.readouterr().out

@@ -51,10 +51,12 @@ def test_shards_split_a_grid_into_disjoint_parts_that_cover_it():
             shard_configs(configs, bad)
 
 
-def test_sensitivity_map_config():
-    """The CPU map: 128 runs a seed; every emergence cell has its Kaiming row (same model, options,
-    classifier base, seed) in the grid."""
-    configs = [resolve_config(c) for c in load_grid("configs/sensitivity.yaml")]
+@pytest.mark.parametrize("name, plain, residual", [("sensitivity", "vgg13", "resnet20_bn"),
+                                                   ("sensitivity_gpu", "vgg19", "resnet110_bn")])
+def test_sensitivity_map_config(name, plain, residual):
+    """The map (CPU and GPU sizes): 128 runs a seed; every emergence cell has its Kaiming row (same
+    model, options, classifier base, seed) in the grid."""
+    configs = [resolve_config(c) for c in load_grid(f"configs/{name}.yaml")]
     seeds = sorted({c["seed"] for c in configs})
     assert len(configs) == 128 * len(seeds)
     key = lambda c: (c["model"], json.dumps(c["model_options"], sort_keys=True), c["classifier_init"], c["seed"])  # noqa: E731
@@ -64,7 +66,7 @@ def test_sensitivity_map_config():
     for c in configs:
         if c["init"] == "emergence":
             scopes.setdefault(c["model"], set()).add(c["init_options"].get("scope", "global"))
-    assert scopes["vgg13"] == {"global"} and scopes["resnet20_bn"] == {"global", "blockwise"}
+    assert scopes[plain] == {"global"} and scopes[residual] == {"global", "blockwise"}
     assert {c["base_init"] for c in configs} == {"model"}
 
 
