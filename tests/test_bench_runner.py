@@ -121,6 +121,8 @@ def test_error_run_is_recorded_grid_goes_on_and_retried(tmp_path, monkeypatch):
     rec = {r["config"]["seed"]: r for r in read_records(results2)}
     assert rec[0]["status"] == "error" and rec[0]["error"] == "RuntimeError: boom"
     assert rec[99]["status"] == "diverged" and rec[1]["status"] == "ok"
+    assert [rec[k]["outcome"] for k in (0, 1, 99)] == ["error", "ok", "diverged"]
+    assert rec[99]["outcome_reason"] == "non-finite training loss"
     for key in ("id", "config", "git_commit", "versions", "device", "started", "wall_s", "epochs"):
         assert key in rec[1]
     again = run_grid(configs, results2, progress=False)  # only the error is retried
