@@ -11,6 +11,7 @@ from emergeinit.bench import image
 from emergeinit.bench.config import resolve_config
 from emergeinit.bench.data import load_dataset
 from emergeinit.bench.image import init_model
+from emergeinit.bench.runner import check_configs
 
 SMALL = {"width": 1 / 16}  # VGG-11 with 4..32 channels: the same code paths, quickly
 VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -118,14 +119,14 @@ def test_every_method_starts_from_the_kaiming_row(fm32, monkeypatch, model, init
     shape = {"model_options": SMALL if model != "mlp" else {"hidden": [16]}}
     base, _ = init_model(table1(model, **shape), data)
     seen = {}
-    real = image.ei.initialize
+    real = image.initialize_
 
     def spy(model, method, **kw):
         seen["weights"] = [p.detach().clone() for p in model.parameters()]
         seen["options"] = kw
         return real(model, method, **kw)
 
-    monkeypatch.setattr(image.ei, "initialize", spy)
+    monkeypatch.setattr(image, "initialize_", spy)
     net, record = init_model(table1(model, init, init_options=options, **shape), data)
     assert all(torch.equal(a, b) for a, b in zip(seen["weights"], base.parameters()))
     assert record["base"]["base_init"] == "model"
@@ -167,9 +168,12 @@ def test_base_kaiming_is_the_fan_in_redraw_and_the_kaiming_row(fm32):
     ({"classifier_init": -1.0}, "std > 0"),
     ({"classifier_init": "xavier"}, "classifier_init"),
 ])
-def test_base_conflicts_are_errors_before_any_run(keys, match):
+def test_base_conflicts_are_errors_before_any_run(fm32, keys, match):
     with pytest.raises(ValueError, match=match):
-        table1("vgg19", **keys)
+        check_configs([table1("vgg19", **keys)])  # what a grid and `emergeinit train` run first
+    if keys.get("base_init", "model") == "model" and "classifier_init" not in keys or "init" in keys:
+        with pytest.raises(ValueError, match=match):  # and a run called directly, before any init
+            init_model(table1("vgg19", **keys), fm32[0])
 
 
 def test_data_dependent_inits_leave_the_training_order_alone(fm32, monkeypatch):

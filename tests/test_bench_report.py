@@ -117,7 +117,8 @@ def test_a_cell_pools_only_runs_that_differ_in_the_seed():
     recs += [record("vgg19", "emergence", 0, [50.0], options={"alpha": 2.0}, train_limit=20000, epochs=1)]
     cells = image_cells(recs)
     rows = sorted(r for r, _ in cells)
-    assert rows == ["emergence (α=2)", "kaiming · epochs=1, train_limit=20000", "kaiming · epochs=2, train_limit=60000"]
+    assert rows == ["emergence (α=2)", "kaiming · epochs=1, train_limit=20000",
+                    "kaiming · epochs=2, train_limit=60000"]
     assert cells["kaiming · epochs=1, train_limit=20000", "vgg19"].values("acc_1") == [80.0, 81.0, 82.0]
     # a device or data folder is no reason to split: those keys cannot change a result
     same = [record("vgg19", "kaiming", 0, [1.0], data_dir="/a"), record("vgg19", "kaiming", 1, [2.0], data_dir="/b")]

@@ -59,7 +59,9 @@ def test_sensitivity_map_config(name, plain, residual):
     configs = [resolve_config(c) for c in load_grid(f"configs/{name}.yaml")]
     seeds = sorted({c["seed"] for c in configs})
     assert len(configs) == 128 * len(seeds)
-    key = lambda c: (c["model"], json.dumps(c["model_options"], sort_keys=True), c["classifier_init"], c["seed"])  # noqa: E731
+    def key(c):
+        return c["model"], json.dumps(c["model_options"], sort_keys=True), c["classifier_init"], c["seed"]
+
     kaiming = {key(c) for c in configs if c["init"] == "kaiming"}
     assert all(key(c) in kaiming for c in configs)
     scopes = {}
@@ -208,8 +210,9 @@ def test_a_typo_in_init_options_stops_the_grid_before_its_first_run(tmp_path, mo
     monkeypatch.setattr(runner, "run_task", lambda config, progress=True: calls.append(config) or fake_task(config))
     results = tmp_path / "r.jsonl"
     configs = apply_sets(expand_grid(SPEC), ["init_options.alpah=3"])
-    with pytest.raises(ValueError, match=r"(?s)8 of 8 configs are invalid, nothing was run.*unexpected keyword "
-                                         r"argument 'alpah'.*unknown option 'alpah'") as err:
+    # the seed protocol's Kaiming row is its base: options there are base options, not the method's
+    with pytest.raises(ValueError, match=r"(?s)8 of 8 configs are invalid, nothing was run.*the kaiming row is "
+                                         r"the base itself.*'alpah'.*unknown option 'alpah'") as err:
         run_grid(configs, results, progress=False)
     assert "4 config(s)" in str(err.value)  # one line per distinct problem, not per run
     assert calls == [] and not results.exists()
@@ -218,7 +221,8 @@ def test_a_typo_in_init_options_stops_the_grid_before_its_first_run(tmp_path, mo
     with pytest.raises(ValueError, match=r"(?s)2 of 2 .*target_var must be a positive.*missing a required argument"):
         run_grid(bad, results, progress=False)
     grid = tmp_path / "g.yaml"
-    grid.write_text("task: image\nprotocol: seed\ngrid: {init: [kaiming], seed: [0]}\n")
+    # base_init null: kaiming's own options (a Kaiming row on a base takes none, test_bench_base)
+    grid.write_text("task: image\nprotocol: seed\ndefaults: {base_init: null}\ngrid: {init: [kaiming], seed: [0]}\n")
     assert cli_main(["compare", "--config", str(grid), "--results", str(results), "--set",
                      "init_options.mode=fan_avg", "--dry-run"]) == 2
     assert "mode must be one of 'fan_in', 'fan_out', got 'fan_avg'" in capsys.readouterr().err

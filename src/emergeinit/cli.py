@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 # name -> (module, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    "demo": ("emergeinit.bench.commands.demo", "the README's demo: the emergence init where it matters, Kaiming beside it"),
+    "demo": ("emergeinit.bench.commands.demo", "the README's demo: the emergence init where it matters, with Kaiming"),
     "measure": ("emergeinit.bench.commands.measure", "measure the emergence E of a model, per layer"),
     "init": ("emergeinit.commands.init", "print the emergence-init plan of a model"),
     "train": ("emergeinit.bench.commands.train", "train one configuration, append its record"),

@@ -416,8 +416,8 @@ def apply_plan_(model: nn.Module, plan: InitPlan, *, base: BaseLike = None, **ba
     """Scale ``model``'s tensors by ``plan``'s factors, in place; return the plan.
 
     ``base`` (``"kaiming"``, ``"xavier"`` or a :class:`BaseInit`; ``base_options`` are its fields,
-    such as ``mode="fan_out"`` or ``gain=2``; ``"keep"`` or None: no draw) first re-draws every weight layer of the plan and
-    zeroes its bias, folded into one pass (weights drawn with std·factor); embeddings and norm
+    such as ``mode="fan_out"`` or ``gain=2``; ``"keep"`` or None: no draw) first re-draws every
+    weight layer of the plan and zeroes its bias, folded into one pass (weights drawn with std·factor); embeddings and norm
     weights keep their values and are scaled. Everything is checked first — every key resolves,
     shapes match, factors and the scaled weights fit the dtype (fp16/bf16/fp32) — so a failed call
     changes nothing.

@@ -36,6 +36,7 @@ __all__ = [
     "set_dotted",
     "has_batch_norm",
     "is_base_row",
+    "check_base_use",
     "fill_legacy",
     "BASE_INITS",
     "CLASSIFIER_INITS",
@@ -218,16 +219,23 @@ def is_base_row(config: Mapping[str, Any]) -> bool:
 
 
 def _check_base(config: Mapping[str, Any]) -> None:
-    """``base_init`` / ``classifier_init`` and the init they serve agree (before any run starts)."""
+    """``base_init`` and ``classifier_init`` are valid values (how the init uses them is
+    :func:`check_base_use`'s, run with the init's own checks before any run)."""
     _check_choice(config, "base_init", BASE_INITS)
     head = config["classifier_init"]
     if not (head in CLASSIFIER_INITS or (isinstance(head, (int, float)) and not isinstance(head, bool)
                                          and math.isfinite(head) and head > 0)):
         raise ValueError(f"classifier_init must be one of {CLASSIFIER_INITS} or a std > 0, got {head!r}")
-    base, init = config["base_init"], config["init"]
+    if config["base_init"] is None and head is not None:
+        raise ValueError("classifier_init redraws the classifier of the base: set base_init too")
+
+
+def check_base_use(config: Mapping[str, Any]) -> None:
+    """A resolved image config's init agrees with its base: a base row takes no options, an init
+    that draws every weight itself takes no ``classifier_init``, the emergence init no base of its
+    own. A ValueError says which, and how to fix it."""
+    base, init, head = config.get("base_init"), config.get("init"), config.get("classifier_init")
     if base is None:
-        if head is not None:
-            raise ValueError("classifier_init redraws the classifier of the base: set base_init too")
         return
     options = dict(config.get("init_options") or {})
     if is_base_row(config) and options:

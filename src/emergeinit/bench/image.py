@@ -21,7 +21,7 @@ from torch import nn
 import emergeinit as ei
 from emergeinit.baselines import DATA_METHODS
 from emergeinit.bench import augment, ddp
-from emergeinit.bench.config import has_batch_norm, is_base_row, resolve_config
+from emergeinit.bench.config import check_base_use, has_batch_norm, is_base_row, resolve_config
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name
 from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
@@ -199,7 +199,9 @@ def _method_options(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 def check_init(config: Mapping[str, Any]) -> None:
     """The config's init and its options, checked as :func:`emergeinit.initialize` would, without a
-    model (a grid runs this for every config before its first run). A base row calls no method."""
+    model, and against its base (:func:`~emergeinit.bench.config.check_base_use`); a grid runs this
+    for every config before its first run, and every run before its init."""
+    check_base_use(config)
     if not is_base_row(config):
         ei.check_options(config["init"], _method_options(config))
 
@@ -264,6 +266,7 @@ def _initialize(model: nn.Module, config: Mapping[str, Any], data: ImageData,
     """The init of a run. With a ``base_init``: the base, then the method on top of it (the base
     row is the base alone; emergence scales the base, ``base="keep"``; GradInit and MetaInit start
     from it; Xavier and LSUV draw their own). Without one (older records): the method alone."""
+    check_init(config)
     if config["base_init"] is None:
         return _method(model, config, _method_options(config), data, generator)
     base = apply_base_(model, config)

@@ -268,7 +268,8 @@ def classify_run(record: Mapping[str, Any]) -> Tuple[str, str]:
     if accs and classes:
         chance = 100.0 / float(classes)
         if abs(accs[-1] - chance) <= CHANCE_MARGIN:
-            return "failed", f"final test accuracy {accs[-1]:.1f}% is within {CHANCE_MARGIN:g} points of chance ({chance:g}%)"
+            return "failed", (f"final test accuracy {accs[-1]:.1f}% is within {CHANCE_MARGIN:g} points "
+                              f"of chance ({chance:g}%)")
     first, final = _losses(record)
     if first is not None and final is not None and first > 0 and not final <= LOSS_BLOWUP * first:
         return "failed", f"final training loss {final:.3g} > {LOSS_BLOWUP:g} × the first step's ({first:.3g})"
