@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, help="emergence: the factor α of eq 8")
     parser.add_argument("--schedule", choices=["literal", "normalized"], help="emergence: exponent schedule")
     parser.add_argument("--scope", choices=["global", "blockwise"], help="emergence: over the net or per block")
-    parser.add_argument("--base", help="emergence: its own base draw (kaiming, xavier, keep); only with "
-                                       "--base-init none, else the protocol's base is the emergence base")
+    parser.add_argument("--base", help="emergence: its own base draw (kaiming, xavier; keep or none: no "
+                                       "draw); only with --base-init none, else the protocol's base is its base")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--epochs", type=int, help="measured epochs (Acc_1 after the first)")
     parser.add_argument("--extra-epoch", choices=["const", "warmup"], help="one epoch before the measured ones")
