@@ -234,7 +234,7 @@ def sensitivity_heatmap(cells: Sequence[Mapping[str, Any]], path: Path, title: s
         layout.append((name, group, rows, alphas))
     height = sum(1.2 + 0.55 * len(rows) for _, _, rows, _ in layout)
     width = 3.0 + 1.15 * max(len(a) for *_, a in layout)
-    fig, axes = plt.subplots(len(layout), 1, figsize=(width + 3.5, height), squeeze=False,
+    fig, axes = plt.subplots(len(layout), 1, figsize=(width + 3.5, height), squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": [len(r) + 1 for _, _, r, _ in layout]})
     image = None
     for ax, (name, group, rows, alphas) in zip(axes[:, 0], layout):
