@@ -26,7 +26,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing ${EMERGEINIT_TORCH:-torch==2.13.0}"
   .venv/bin/pip install -q "${EMERGEINIT_TORCH:-torch==2.13.0}"
 fi
-if ! .venv/bin/python -c "import emergeinit, pytest, hypothesis, matplotlib, sentencepiece, sacrebleu, ray" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import emergeinit, pytest, hypothesis, matplotlib, sentencepiece, sacrebleu, ray, transformers" >/dev/null 2>&1; then
   echo "[setup] installing emergeinit[bench,test]"
   .venv/bin/pip install -q -e ".[bench,test]"
 fi

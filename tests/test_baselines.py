@@ -18,13 +18,7 @@ from emergeinit.baselines import (
 # ------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine they contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def mlp(seed: int = 0) -> nn.Module:

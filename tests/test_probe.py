@@ -240,32 +240,70 @@ def test_forward_error_leaves_no_hooks_and_restores_state(untraceable):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
-class HookedOnly(nn.Module):
-    """Untraceable, with activation modules (the hook fallback sees these)."""
+class Branchy(nn.Module):
+    """A residual net with functional activations; ``branch=True`` adds data-dependent control
+    flow, which torch.fx cannot trace."""
 
-    def __init__(self):
+    def __init__(self, branch):
         super().__init__()
         torch.manual_seed(2)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(5, 6), nn.Linear(6, 4), nn.Linear(4, 3)
+        self.branch = branch
+        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(5, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
         self.bn = nn.BatchNorm1d(6)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        if x.sum() > 1e9:
+        if self.branch and x.sum() > 1e9:
             x = x * 0
-        return self.fc3(self.relu(self.fc2(self.relu(self.bn(self.fc1(x))))))
+        h = self.relu(self.bn(self.fc1(x)))
+        h = F.gelu(self.fc3(torch.tanh(self.fc2(h)))) + h  # functional activations, a skip
+        return self.fc4(h)
 
 
-def test_hook_fallback_matches_the_traced_measurement():
-    net, x = HookedOnly(), torch.randn(16, 5)
-    with pytest.warns(UserWarning, match="forward hooks"):
-        hooked = measure_emergence(net, x, include_input=True)
-    # the same weights in a plain Sequential trace fine: reports agree
-    seq = nn.Sequential(net.fc1, net.bn, nn.ReLU(), net.fc2, nn.ReLU(), net.fc3)
-    traced = measure_emergence(seq, x, include_input=True)
-    assert [(l.nodes, l.active) for l in hooked.layers] == [(l.nodes, l.active) for l in traced.layers]
-    assert [l.name for l in hooked.layers] == ["input", "fc1", "fc2", "fc3"]
-    assert hooked.value == traced.value
+def test_recorded_fallback_matches_the_traced_measurement():
+    x = torch.randn(16, 5)
+    traced = measure_emergence(Branchy(False), x, include_input=True)
+    with pytest.warns(UserWarning, match="recorded forward"):
+        recorded = measure_emergence(Branchy(True), x, include_input=True)
+    assert recorded.graph == traced.graph and recorded.on_graph and traced.on_graph
+    assert [(l.name, l.nodes, l.active) for l in recorded.layers] == [(l.name, l.nodes, l.active) for l in traced.layers]
+    assert [l.name for l in recorded.layers] == ["input", "fc1", "fc2", "fc3", "fc4"]
+    assert [e.kind for e in recorded.graph.edges].count("identity") == 1  # fc1's output skips to fc3's add
+    assert recorded.value == traced.value
+
+
+def test_recorded_fallback_warns_once_per_model_type():
+    net, x = Branchy(True), torch.randn(4, 5)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # Python's default: once per message and place
+        for _ in range(3):
+            measure_emergence(net, x)
+        measure_emergence(Branchy(True), x)
+    assert sum("recorded forward" in str(w.message) for w in seen) == 1
+
+
+class PathByBatch(nn.Module):
+    """Runs one more (parameter-free) op when the batch holds a negative first value."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if bool(x[0, 0] < 0):
+            x = x.clone()
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_recorded_forward_follows_each_batch_path():
+    torch.manual_seed(0)
+    net, a, b = PathByBatch(), torch.rand(8, 3), -torch.rand(8, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = measure_emergence(net, iter([a, b]), mode="mean")  # the second batch runs another path
+    seq = measure_emergence(nn.Sequential(net.fc1, nn.ReLU(), net.fc2), torch.cat([a, b]), mode="mean")
+    assert [(l.nodes, l.active) for l in both.layers] == [(l.nodes, l.active) for l in seq.layers]
+    assert both.samples == 16 and both.value == seq.value
 
 
 def test_layer_options():
@@ -343,7 +381,7 @@ def test_on_graph_keyword_and_property_with_the_old_residual_names():
 def test_non_finite_inputs_are_an_error_naming_where_they_began(bad, untraceable):
     from emergeinit.trace import NonFiniteError
 
-    net = HookedOnly() if untraceable else hand_mlp()
+    net = Branchy(True) if untraceable else hand_mlp()
     x = torch.randn(4, 5 if untraceable else 2)
     x[1, 0] = bad
     with warnings.catch_warnings():

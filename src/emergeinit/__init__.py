@@ -19,6 +19,7 @@ _EXPORTS: Dict[str, str] = {
     "WeightLayer": "emergeinit.layers",
     "find_weight_layers": "emergeinit.layers",
     "find_blocks": "emergeinit.layers",
+    "register_weight_layer": "emergeinit.layers",
     # emergence (eq 1, 2, 12) and its measurement on models
     "layered_emergence": "emergeinit.emergence",
     "lemma_pivot": "emergeinit.emergence",
@@ -67,7 +68,7 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.baselines import InitRecord, check_options, initialize
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
     from emergeinit.init import apply_plan_, emergence_init_, encoder_decoder_init_, tfixup_init_
-    from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers
+    from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers, register_weight_layer
     from emergeinit.plan import InitPlan, PlannedLayer, plan_emergence
     from emergeinit.probe import EmergenceReport, LayerActivity, layer_graph, measure_emergence
     from emergeinit.trace import NonFiniteError

@@ -407,7 +407,7 @@ def _base_pieces(base: Optional[BaseInit]) -> Pieces:
             return []
         rows = packed_qkv_rows(l.key, target.shape[0]) if l.rows is None else None
         views = [target[lo:hi] for lo, hi in rows] if rows else [target]
-        return [(v, base.draw(v)) for v in views]
+        return [(v, base.draw(v.t() if l.transposed else v)) for v in views]
 
     return pieces
 
@@ -487,7 +487,7 @@ def _tfixup_pieces(model: nn.Module, gain: float) -> Pieces:
         if l.kind == "embedding":
             pad = getattr(model.get_submodule(l.name), "padding_idx", None)
             return [(target, Draw("normal", target.shape[-1] ** -0.5, zero_row=pad))]
-        return [(target, xavier(target, gain))]
+        return [(target, xavier(target.t() if l.transposed else target, gain))]
 
     return pieces
 

@@ -68,6 +68,7 @@ class PlannedLayer:
     bias_key: Optional[str] = None  # the layer's bias, if any
     shape: Tuple[int, ...] = ()
     rows: Optional[Tuple[int, int]] = None  # only rows [start, stop) (a slice of a packed tensor)
+    transposed: bool = False  # weight stored (in, out), as HF Conv1D: fans come from the other axes
 
 
 @dataclass
@@ -165,13 +166,14 @@ class Scheduled:
     kind: str  # "linear" | "conv" | "attention" | "embedding" | "norm"
     shape: Tuple[int, ...]
     bias_key: Optional[str] = None
+    transposed: bool = False
 
 
 def _scheduled(model: nn.Module, layers: List[WeightLayer], example_input: Any, *, embeddings: bool,
                norms: bool) -> Tuple[List[Scheduled], List[Tuple[int, Scheduled]]]:
     """The scheduled tensors in execution order, and each norm weight with the position of the
     scheduled tensor executed just before it (a norm before every weight layer is left out)."""
-    scheduled = [Scheduled(l.name, l.key, l.kind, tuple(l.weight.shape), l.bias_key) for l in layers]
+    scheduled = [Scheduled(l.name, l.key, l.kind, tuple(l.weight.shape), l.bias_key, l.transposed) for l in layers]
     if not (embeddings or norms):
         return scheduled, []
     types = (_EMBEDDING_TYPES if embeddings else ()) + (_NORM_TYPES if norms else ())
@@ -222,18 +224,13 @@ def _trace(model: nn.Module, example_input: Any, order: str, trace: str, embeddi
 
 
 def _schedule_groups(model: nn.Module, layers: List[WeightLayer], scheduled: List[Scheduled], scope: str,
-                     blocks: Optional[ModuleSpec]) -> List[Tuple[Optional[str], List[int]]]:
-    """(block, positions in ``scheduled``) for each run of the schedule."""
+                     blocks: Optional[ModuleSpec], example_input: Any) -> List[Tuple[Optional[str], List[int], List[int]]]:
+    """(block, positions in ``scheduled``, index k of each) for each run of the schedule."""
     if scope == "global":
-        return [(None, list(range(len(scheduled))))]
-    found = find_blocks(model, layers, blocks)
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__} has no default blocks (transformer layers, residual "
-            "blocks, modules with emergeinit_block = True): name them with blocks="
-        )
+        return [(None, list(range(len(scheduled))), list(range(len(scheduled))))]
     index_of = {t.key: i for i, t in enumerate(scheduled)}
-    return [(b, [index_of[l.key] for l in ls]) for b, ls in found.items()]
+    found = find_blocks(model, layers, blocks, example_input=example_input)
+    return [(name, [index_of[l.key] for l in b], list(b.depths)) for name, b in found.items()]
 
 
 PLAN_FLAGS: Dict[str, Rule] = {"scale_bias": FLAG, "embeddings": FLAG, "norms": FLAG, "include_frozen": FLAG}
@@ -276,14 +273,15 @@ def plan_emergence(
     """The plan of eq 8 for ``model``: per weight layer its index k, exponent e_k and α**e_k.
 
     Touches no weight and no global random state, and works on a meta-device model (the trace runs
-    on meta tensors). The L weight layers are every Linear/ConvNd/MultiheadAttention weight the
-    forward pass uses, in execution order on ``example_input`` (inferred from the first layer when
-    None), a tied weight counted once. ``embeddings=True`` schedules embedding tables too;
-    ``norms=True`` scales each norm layer's weight (γ) by the factor of the weight layer executed
-    just before it. ``scope="blockwise"`` runs the schedule inside each block (``blocks``: modules,
-    names or patterns, see :func:`emergeinit.layers.match_modules`; default: transformer FFN pairs,
-    residual blocks, modules with ``emergeinit_block = True``); layers outside every block keep
-    factor 1. ``trace="meta"`` runs the tracing forward on meta stand-ins of the weights (no
+    on meta tensors). The L weight layers are every Linear/ConvNd/MultiheadAttention/Linear-like
+    weight the forward pass uses, in execution order on ``example_input`` (inferred from the first
+    layer when None), a tied weight counted once. ``embeddings=True`` schedules embedding tables
+    too; ``norms=True`` scales each norm layer's weight (γ) by the factor of the weight layer
+    executed just before it. ``scope="blockwise"`` runs the schedule inside each block, with L the
+    block's number of indices (a gated pair shares one; see :func:`emergeinit.layers.find_blocks`
+    for the default blocks: residual units and transformer FFN sublayers, found from a recorded
+    forward; ``blocks``: modules, names or patterns, see :func:`emergeinit.layers.match_modules`);
+    layers outside every block keep factor 1. ``trace="meta"`` runs the tracing forward on meta stand-ins of the weights (no
     arithmetic; the real weights are used when the forward cannot run on meta tensors), ``"real"``
     on the weights themselves. Frozen tensors (``requires_grad=False``: a pretrained backbone) are
     left out of the schedule, with a warning, and listed in ``plan.meta["frozen"]``;
@@ -307,16 +305,18 @@ def plan_emergence(
         layers, scheduled, follows = _without(frozen, layers, scheduled, follows)
         warn_frozen("plan_emergence", frozen)
     place: Dict[int, Tuple[int, float, Optional[str]]] = {}  # position -> (k, e_k, block)
-    for block, positions in _schedule_groups(model, layers, scheduled, scope, blocks):
-        for k, (i, e) in enumerate(zip(positions, exponents(len(positions), schedule_fn))):
-            place[i] = (k, e, block)
+    for block, positions, ks in _schedule_groups(model, layers, scheduled, scope, blocks, example_input):
+        es = exponents(len(set(ks)), schedule_fn)
+        for i, k in zip(positions, ks):
+            place[i] = (k, es[k], block)
     planned: List[List[PlannedLayer]] = []
     for i, t in enumerate(scheduled):
         k, e, block = place.get(i, (None, None, None))
         factor = alpha ** e if e is not None else 1.0
         if not math.isfinite(factor) or factor == 0.0:
             raise ValueError(f"factor alpha**e = {alpha}**{e} of {t.key} is not representable in float64")
-        planned.append([PlannedLayer(t.name, t.key, t.kind, k, e, factor, block, t.bias_key, t.shape)])
+        planned.append([PlannedLayer(t.name, t.key, t.kind, k, e, factor, block, t.bias_key, t.shape,
+                                     transposed=t.transposed)])
     for i, norm in follows:  # a norm's γ takes the factor of the layer it follows
         src = planned[i][0]
         planned[i].append(PlannedLayer(norm.name, norm.key, "norm", src.index, src.exponent, src.factor,
@@ -467,7 +467,7 @@ def plan_transformer(
             elif side == "decoder":
                 factor *= beta_dec
             entries.append(PlannedLayer(layer.name, layer.key, layer.kind, None, None, factor, lname,
-                                        layer.bias_key, shape, rows))
+                                        layer.bias_key, shape, rows, layer.transposed))
     keys = list(dict.fromkeys(e.key for e in entries))  # a packed q/k/v tensor is three entries
     frozen = [] if include_frozen else [key for key in keys if is_frozen(storage_of(model, key))]
     warn_frozen("plan_transformer", frozen)

@@ -10,20 +10,21 @@ on the layers and on the activation/normalization modules that follow them do th
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from emergeinit.emergence import (
-    LayerEdge, LayerGraph, LayerNode, Number, exact_pivot, layered_emergence, lemma_pivot,
+    LayerGraph, Number, exact_pivot, layered_emergence, lemma_pivot,
 )
-from emergeinit.layers import WeightLayer, find_weight_layers, layer_by_module
+from emergeinit.layers import find_weight_layers, layer_by_module, left_out_parameters
 from emergeinit.trace import (
-    ELEMENTWISE_MODULES, FxLayers, forward_hooks, fx_or_warn, iter_batches, nonfinite_error, preserve_state,
+    Batch, FxLayers, TapeLayers, iter_batches, layers_traced_or_recorded, nonfinite_error, preserve_state,
     refuse_meta, run_model,
 )
 
@@ -231,12 +232,12 @@ def _on_device(inputs: Any, device: Optional[torch.device]) -> Any:
     return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def _run(runner: nn.Module, model: nn.Module, inputs: Any, counts: _Counts) -> None:
-    """Run ``runner`` (the model, or its traced copy) on every batch of ``inputs`` and tally the
+def _run(runner: Any, model: nn.Module, batches: Iterable[Batch], counts: _Counts) -> None:
+    """Run ``runner`` (the model's traced copy, or its recorded forward) on every batch and tally the
     values it reports; non-finite values are a :class:`NonFiniteError` naming where they began."""
-    device = next((p.device for p in model.parameters()), None)
+    device = _device(model)
     seen = 0
-    for batch, _ in iter_batches(inputs):
+    for batch, _ in batches:
         x = _on_device(batch, device)
         run_model(runner, x)
         bad = counts.flush()
@@ -249,77 +250,20 @@ def _run(runner: nn.Module, model: nn.Module, inputs: Any, counts: _Counts) -> N
 
 # ------------------------------------------------------------------------- two ways to read nodes
 
-def _count_traced(model: nn.Module, traced: FxLayers, counts: _Counts,
-                  inputs: Any) -> Tuple[LayerGraph, FrozenSet[str]]:
-    """Run the fx-traced module with a tap on each layer node's value."""
+def _count_traced(model: nn.Module, traced: Union[FxLayers, TapeLayers], counts: _Counts,
+                  batches: Iterable[Batch]) -> Tuple[LayerGraph, FrozenSet[str]]:
+    """Run the fx-traced module (or replay the recorded forward) with a tap on each layer node's value."""
     for node, read in zip(traced.graph.nodes, traced.reads):
         counts.add_layer(node.name, read.kind, node.width)
-    _run(traced.tapped(counts.record), model, inputs, counts)
+    _run(traced.tapped(counts.record), model, batches, counts)
     return traced.graph, traced.probed
 
 
-def _count_hooked(model: nn.Module, layers: Mapping[int, WeightLayer], counts: _Counts, inputs: Any,
-                  include_input: bool, include_output: bool) -> Tuple[LayerGraph, FrozenSet[str]]:
-    """The fallback without fx: read each layer after the activation/normalization modules that
-    consume its output directly (tracked by tensor identity, so in-place modules work)."""
-    index: Dict[str, int] = {}  # call name -> tally, in execution order (first batch)
-    layer_of: Dict[str, WeightLayer] = {}
-    state: Dict[str, Any] = {"key": None, "last": None, "calls": {}}
-
-    def tally(key: str, kind: str, width: int) -> int:
-        if key not in index:
-            index[key] = counts.add_layer(key, kind, width)
-        return index[key]
-
-    def on_layer(module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-        layer = layers[id(module)]
-        calls = state["calls"]
-        calls[layer.key] = calls.get(layer.key, 0) + 1
-        key = layer.name if calls[layer.key] == 1 else f"{layer.name}#{calls[layer.key]}"
-        if include_input and args and isinstance(args[0], torch.Tensor) and layer_of.get("input", layer) is layer:
-            layer_of["input"] = layer
-            i = tally("input", layer.kind, layer.in_nodes)
-            if i not in counts.pending:
-                counts.record(i, args[0])
-        layer_of[key] = layer
-        counts.record(tally(key, layer.kind, layer.out_nodes), out)
-        state["key"], state["last"] = key, out
-
-    def on_elementwise(module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-        key = state["key"]
-        if key is not None and args and args[0] is state["last"] and isinstance(out, torch.Tensor):
-            counts.record(index[key], out)  # overwrites the value read before this op
-            state["last"] = out
-
-    def done(module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-        state.update(key=None, last=None, calls={})
-
-    weight_modules = [m for m in model.modules() if id(m) in layers]
-    elementwise = [m for m in model.modules() if id(m) not in layers and isinstance(m, ELEMENTWISE_MODULES)]
-    with forward_hooks(weight_modules, post=on_layer), forward_hooks(elementwise, post=on_elementwise), \
-            forward_hooks([model], post=done):
-        _run(model, model, inputs, counts)
-    keys = [k for k in index if k != "input"]
-    if not include_output and keys:
-        keys = keys[:-1]
-    if "input" in index:
-        keys.insert(0, "input")
-    counts.tallies = [counts.tallies[index[k]] for k in keys]
-    probed = frozenset(layer_of[k].key for k in index if k != "input")
-    return LayerGraph.chain([t.width for t in counts.tallies], keys), probed
+def _device(model: nn.Module) -> Optional[torch.device]:
+    return next((p.device for p in model.parameters()), None)
 
 
 # -------------------------------------------------------------------------------- public API
-
-def _chain(layers: Sequence[WeightLayer], *, include_input: bool, include_output: bool) -> LayerGraph:
-    """The fallback graph: the probed layers as a plain chain, in execution order."""
-    nodes = [LayerNode(l.name, l.out_nodes, (l.key,), l.kind) for l in layers if l.kind in ("linear", "conv")]
-    if not include_output and nodes:
-        nodes = nodes[:-1]
-    if include_input and layers:
-        nodes.insert(0, LayerNode("input", layers[0].in_nodes, (), "input"))
-    return LayerGraph(tuple(nodes), tuple(LayerEdge(i, i + 1) for i in range(len(nodes) - 1)))
-
 
 def layer_graph(
     model: nn.Module,
@@ -335,17 +279,15 @@ def layer_graph(
     point (a conv shortcut and the residual branch) share one node. Edges through a weight layer
     are ``full``; parameter-free skip connections are ``identity``. ``include_input`` adds the
     input of the first layer as node 0; ``include_output=False`` drops the layer nodes nothing
-    reads from (the logits). When fx cannot trace the model, the layers found by running
-    ``example_input`` form a plain chain, with a warning.
+    reads from (the logits). When fx cannot trace the model, the graph is read from a forward on
+    ``example_input`` (inferred when None) recorded with :func:`emergeinit.trace.record_tape`,
+    with one warning per model type.
     """
-    with preserve_state(model):  # reading a parametrized weight may move its buffers (spectral_norm)
+    with preserve_state(model), torch.no_grad():  # reading a parametrized weight may move its buffers
+        model.eval()
         layers = layer_by_module(model, find_weight_layers(model, order="registration"))
-        traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
-                            instead="using its layers as a plain chain (skip connections not seen)")
-        if traced is not None:
-            return traced.graph
-        return _chain(find_weight_layers(model, example_input), include_input=include_input,
-                      include_output=include_output)
+        return layers_traced_or_recorded(model, layers, example_input, include_input=include_input,
+                                         include_output=include_output).graph
 
 
 def measure_emergence(
@@ -389,18 +331,18 @@ def measure_emergence(
         on_graph = residual
     refuse_meta(model, "measure_emergence")
     counts = _Counts(threshold)
+    batches = iter_batches(inputs)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("inputs yielded no batches")
     with preserve_state(model), torch.no_grad():
         model.train(training)  # before tracing: a forward may branch on self.training
         all_layers = find_weight_layers(model, order="registration")
         layers = layer_by_module(model, all_layers)
-        traced = fx_or_warn(model, layers, include_input=include_input, include_output=include_output,
-                            instead="measuring with forward hooks: functional activations and skip "
-                                    "connections are not seen")
-        if traced is not None:
-            graph, probed = _count_traced(model, traced, counts, inputs)
-        else:
-            graph, probed = _count_hooked(model, layers, counts, inputs, include_input, include_output)
-    skipped = tuple(l.key for l in all_layers if l.key not in probed)
+        traced = layers_traced_or_recorded(model, layers, _on_device(first[0], _device(model)),
+                                           include_input=include_input, include_output=include_output)
+        graph, probed = _count_traced(model, traced, counts, itertools.chain([first], batches))
+    skipped = tuple(l.key for l in all_layers if l.key not in probed) + left_out_parameters(model).keys
     return _report(counts.tallies, graph, skipped, threshold, mode, on_graph)
 
 

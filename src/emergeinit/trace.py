@@ -8,7 +8,9 @@
 - input inference (:func:`infer_example_input`) and meta stand-ins (:func:`meta_stand_ins`), so a
   trace can run without real inputs or without arithmetic;
 - the torch.fx tracer that reads a model into its :class:`~emergeinit.emergence.LayerGraph`
-  (:func:`trace_fx`) and its one fallback policy (:func:`fx_or_warn`).
+  (:func:`trace_fx`); the recorded forward (:func:`record_tape`, a ``TorchFunctionMode`` plus
+  module hooks writing one run into an fx.Graph), which reads the same graph from models fx
+  cannot trace; and the one policy choosing between them (:func:`layers_traced_or_recorded`).
 
 Nothing here knows about emergence counts or initialization: callers pass in what to look for.
 """
@@ -21,11 +23,13 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import (
-    Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Protocol, Set, Tuple,
+    Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Protocol, Set, Tuple, Union,
 )
 
 import torch
 from torch import fx, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from emergeinit.emergence import LayerEdge, LayerGraph, LayerNode
 
@@ -54,7 +58,15 @@ __all__ = [
     "LayerRead",
     "FxLayers",
     "trace_fx",
-    "fx_or_warn",
+    "PathChanged",
+    "Tape",
+    "record_tape",
+    "TapeLayers",
+    "layers_traced_or_recorded",
+    "Residual",
+    "residual_branches",
+    "written_nodes",
+    "modules_running",
 ]
 
 WEIGHT_MODULES: Tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
@@ -378,7 +390,7 @@ def to_meta(x: Any) -> Any:
     return x
 
 
-# ------------------------------------------------------------------------- fx: op classification
+# ----------------------------------------------------------------------------- op classification
 
 _ELEMENTWISE_NAMES = {
     "relu", "relu6", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu", "gelu", "silu",
@@ -387,28 +399,33 @@ _ELEMENTWISE_NAMES = {
     "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "batch_norm",
     "layer_norm", "group_norm", "instance_norm", "rms_norm", "clamp", "clip", "clamp_min",
     "clamp_max", "add", "sub", "mul", "div", "true_divide", "truediv", "neg", "contiguous",
+    "pow", "erf", "exp", "sqrt", "rsqrt", "reciprocal", "abs", "square", "to", "type_as", "float",
+    "half", "bfloat16", "double", "clone",
 }
+_FRESH_NAMES = {
+    "new_empty", "new_zeros", "new_ones", "new_full", "empty_like", "zeros_like", "ones_like",
+    "full_like", "rand_like", "randn_like", "bernoulli",
+}
+"""Ops whose output takes only a shape from their input (a drop-path mask): no data flows through."""
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+_DUNDER_ARITHMETIC = {"add", "sub", "mul", "truediv", "div", "floordiv", "pow", "matmul", "mod"}
 _MIXING_NAMES = {
     "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum",
     "scaled_dot_product_attention", "multi_head_attention_forward", "embedding",
 }
 _METADATA_METHODS = {"size", "dim", "numel", "type", "get_device", "element_size", "nelement"}
-_Modules = Dict[str, nn.Module]
 
 
-def _target_name(node: fx.Node) -> str:
-    t = node.target
-    return t if isinstance(t, str) else getattr(t, "__name__", "")
-
-
-def _base_name(node: fx.Node) -> str:
-    """``relu_`` -> ``relu``, ``__add__`` -> ``add``, ``iadd`` -> ``add``."""
-    name = _target_name(node).strip("_")
-    if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
-        name = name[1:]
-    return name
+def _op_name(target: Any) -> str:
+    """The base name of an op: ``relu_`` -> ``relu``, ``__radd__``/``__iadd__``/``iadd`` -> ``add``."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name.startswith("__") and name.endswith("__"):
+        core = name[2:-2]
+        return core[1:] if core[:1] in ("i", "r") and core[1:] in _DUNDER_ARITHMETIC else core
+    if target in _INPLACE_OPERATORS:
+        return name[1:]
+    return name.strip("_")
 
 
 def _is_metadata(node: fx.Node) -> bool:
@@ -418,64 +435,126 @@ def _is_metadata(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (getattr, len)
 
 
-def _is_elementwise(node: fx.Node, modules: _Modules) -> bool:
-    """Elementwise or normalization ops: a layer's nodes are read after a run of them."""
-    if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), ELEMENTWISE_MODULES)
-    if node.op in ("call_function", "call_method"):
-        return _base_name(node) in _ELEMENTWISE_NAMES
-    return False
+def _tensors(value: Any) -> List[torch.Tensor]:
+    """The tensors inside ``value`` (tuples, lists and dicts searched)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
-def _is_inplace(node: fx.Node, modules: _Modules) -> bool:
-    if node.op == "call_module":
-        return bool(getattr(modules.get(str(node.target)), "inplace", False))
-    if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
+class _OpNames(TorchFunctionMode):
+    """Names of the ops that read ``source`` or a value computed from it (shape reads and fresh
+    masks aside)."""
+
+    def __init__(self, source: torch.Tensor):
+        super().__init__()
+        self.derived = {id(source)}
+        self.keep = [source]  # alive, so no id is reused
+        self.names: List[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = _op_name(func)
+        if name not in _FRESH_NAMES and any(id(t) in self.derived for t in _tensors((args, kwargs))):
+            made = _tensors(out)
+            if made:
+                self.names.append(name)
+                self.derived.update(id(t) for t in made)
+                self.keep.extend(made)
+        return out
+
+
+def _elementwise_module(m: nn.Module) -> bool:
+    """A module a layer's nodes are read after: an activation, dropout or normalization module of
+    torch; any module whose parameters are all 1-D scales (a custom norm such as RMSNorm, a layer
+    scale); or a parameter- and buffer-free module that, run on a meta tensor, applies elementwise
+    ops only and keeps the shape (an activation module of another library)."""
+    if isinstance(m, ELEMENTWISE_MODULES):
         return True
-    name = _target_name(node)
-    if node.op in ("call_function", "call_method") and name.endswith("_") and not name.endswith("__"):
-        return True
-    if node.op == "call_function" and callable(node.target):
-        try:
-            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-        except (TypeError, ValueError):
-            return node.kwargs.get("inplace") is True
-        return bound.arguments.get("inplace") is True
-    return False
+    params = list(m.parameters())
+    if params:
+        return all(p.dim() <= 1 for p in params)
+    if next(m.buffers(), None) is not None:
+        return False
+    probe = torch.empty(2, 3, 5, device="meta")
+    try:
+        with torch.no_grad(), _OpNames(probe) as seen:
+            out = m(probe)
+    except Exception:  # noqa: BLE001 - a module that wants other inputs is not elementwise
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == probe.shape and set(seen.names) <= _ELEMENTWISE_NAMES
 
 
-def _is_mixing(node: fx.Node, modules: _Modules) -> bool:
-    """Ops that connect every input node to every output node (weights, attention)."""
-    if node.op == "call_module":
-        m = modules.get(str(node.target))
-        return m is not None and any(  # parameters outside normalization layers: weights
-            True for sub in m.modules() if not isinstance(sub, ELEMENTWISE_MODULES)
-            for _ in sub.parameters(recurse=False)
-        )
-    if node.op in ("call_function", "call_method"):
-        return _base_name(node) in _MIXING_NAMES
-    return False
+class _Ops:
+    """Classifies the nodes of a traced or recorded graph; ``call_module`` targets name ``modules``."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        self.modules = modules
+        self._elementwise: Dict[int, bool] = {}
+
+    def module(self, node: fx.Node) -> Optional[nn.Module]:
+        return self.modules.get(str(node.target)) if node.op == "call_module" else None
+
+    def elementwise(self, node: fx.Node) -> bool:
+        """Elementwise or normalization ops: a layer's nodes are read after a run of them."""
+        m = self.module(node)
+        if m is not None:
+            if id(m) not in self._elementwise:
+                self._elementwise[id(m)] = _elementwise_module(m)
+            return self._elementwise[id(m)]
+        return node.op in ("call_function", "call_method") and _op_name(node.target) in _ELEMENTWISE_NAMES
+
+    def inplace(self, node: fx.Node) -> bool:
+        m = self.module(node)
+        if m is not None:
+            return bool(getattr(m, "inplace", False))
+        if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
+            return True
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if node.op in ("call_function", "call_method") and name.endswith("_") and not name.endswith("__"):
+            return True
+        if node.op == "call_function" and callable(node.target):
+            try:
+                bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+            except (TypeError, ValueError):
+                return node.kwargs.get("inplace") is True
+            return bound.arguments.get("inplace") is True
+        return False
+
+    def mixing(self, node: fx.Node) -> bool:
+        """Ops that connect every input node to every output node (weights, attention)."""
+        m = self.module(node)
+        if m is not None:  # parameters outside normalization layers and scales: weights
+            return next(m.parameters(), None) is not None and not self.elementwise(node)
+        return node.op in ("call_function", "call_method") and _op_name(node.target) in _MIXING_NAMES
+
+
+def _holds_layer(m: nn.Module, weight_ids: Set[int]) -> bool:
+    return any(id(x) in weight_ids or isinstance(x, nn.MultiheadAttention) for x in m.modules())
 
 
 class _Tracer(fx.Tracer):
     """Traces into every module that holds a weight layer; everything else is one opaque call
     (parameter-free helpers such as padded shortcuts need not be traceable)."""
 
-    _LEAVES = WEIGHT_MODULES + (nn.MultiheadAttention,)
-
-    def __init__(self) -> None:
+    def __init__(self, weight_ids: Set[int]) -> None:
         super().__init__()
+        self.weight_ids = weight_ids
         self._holds: Dict[int, bool] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, self._LEAVES):
+        if id(m) in self.weight_ids or isinstance(m, nn.MultiheadAttention):
             return True
         if id(m) not in self._holds:
-            self._holds[id(m)] = any(isinstance(x, self._LEAVES) for x in m.modules())
+            self._holds[id(m)] = _holds_layer(m, self.weight_ids)
         return not self._holds[id(m)]
 
 
-def _follow(start: fx.Node, pos: Dict[fx.Node, int], modules: _Modules) -> Tuple[fx.Node, List[fx.Node]]:
+def _follow(start: fx.Node, pos: Dict[fx.Node, int], ops: _Ops) -> Tuple[fx.Node, List[fx.Node]]:
     """From a weight-layer call, walk the run of elementwise ops that only it feeds; returns the
     node to read after, and every node on the run (in-place ops on the value included)."""
     run = [start]
@@ -487,7 +566,7 @@ def _follow(start: fx.Node, pos: Dict[fx.Node, int], modules: _Modules) -> Tuple
             grew = False
             users = [u for a in aliases for u in a.users if u not in aliases and not _is_metadata(u)]
             for u in sorted(set(users), key=pos.__getitem__):
-                if _is_inplace(u, modules) and _is_elementwise(u, modules) and u.args and u.args[0] in aliases:
+                if ops.inplace(u) and ops.elementwise(u) and u.args and u.args[0] in aliases:
                     if all(pos[o] > pos[u] for o in users if o is not u):
                         aliases.append(u)
                         grew = True
@@ -497,17 +576,17 @@ def _follow(start: fx.Node, pos: Dict[fx.Node, int], modules: _Modules) -> Tuple
         others = {u for a in aliases for u in a.users if u not in aliases and not _is_metadata(u)}
         if len(others) == 1:
             (nxt,) = others
-            if _is_elementwise(nxt, modules):
+            if ops.elementwise(nxt):
                 node = nxt
                 run.append(nxt)
                 continue
         return read, run
 
 
-# ----------------------------------------------------------------------- fx: the layer graph
+# ------------------------------------------------------------------- the layer graph of a graph
 
 class TracedLayer(Protocol):
-    """What the fx tracer reads of a weight layer (:class:`emergeinit.layers.WeightLayer` is one)."""
+    """What the tracers read of a weight layer (:class:`emergeinit.layers.WeightLayer` is one)."""
 
     @property
     def key(self) -> str: ...
@@ -530,6 +609,134 @@ class LayerRead:
     kind: str  # "linear": units on the last dim; "conv": channels on dim 1
     before: Optional[fx.Node] = None  # the input node: read as this call receives it
 
+
+_INPUT = -1  # the model input, as a source of edges
+
+
+@dataclass
+class _Group:
+    """One layer node: the value its network nodes are read from and the calls that write them."""
+
+    read: fx.Node
+    kind: str
+    width: int
+    calls: List[fx.Node] = field(default_factory=list)
+    layers: List[TracedLayer] = field(default_factory=list)
+    names: List[str] = field(default_factory=list)
+
+
+class _Walk:
+    """A graph's weight-layer calls grouped by the value their elementwise run ends at."""
+
+    def __init__(self, graph: fx.Graph, modules: Mapping[str, nn.Module], layers: Mapping[int, TracedLayer]):
+        self.ops = _Ops(modules)
+        self.layers = layers
+        self.nodes = list(graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        self.owner: Dict[fx.Node, fx.Node] = {}  # every node on a run -> the run's read node
+        self.groups = self._group_calls(self.nodes)
+        self.index = {g.read: i for i, g in enumerate(self.groups)}
+
+    def layer_of(self, node: fx.Node) -> Optional[TracedLayer]:
+        """The weight layer a ``call_module`` node runs (attention modules are not probed)."""
+        m = self.ops.module(node)
+        return None if m is None or isinstance(m, nn.MultiheadAttention) else self.layers.get(id(m))
+
+    def _group_calls(self, nodes: List[fx.Node]) -> List[_Group]:
+        by_read: Dict[fx.Node, _Group] = {}
+        uses: Dict[str, int] = {}
+        for call in nodes:
+            layer = self.layer_of(call)
+            if layer is None:
+                continue
+            read, run = _follow(call, self.pos, self.ops)
+            for n in run:
+                self.owner.setdefault(n, read)
+            uses[layer.key] = uses.get(layer.key, 0) + 1
+            group = by_read.setdefault(read, _Group(read, layer.kind, layer.out_nodes))
+            group.calls.append(call)
+            group.layers.append(layer)
+            group.names.append(str(call.target) if uses[layer.key] == 1 else f"{call.target}#{uses[layer.key]}")
+        return sorted(by_read.values(), key=lambda g: self.pos[g.read])
+
+    def sources(self, start: fx.Node) -> Dict[int, bool]:
+        """Groups (or ``_INPUT``) that feed ``start`` without crossing another weight layer; True
+        where the way crosses a mixing op (attention, a functional linear)."""
+        found: Dict[int, bool] = {}
+        stack = [(start, False)]
+        visited: Set[Tuple[fx.Node, bool]] = set()
+        while stack:
+            node, mixed = stack.pop()
+            if (node, mixed) in visited:
+                continue
+            visited.add((node, mixed))
+            if _is_metadata(node):  # a shape or dtype read carries no node values
+                continue
+            if node in self.owner:
+                g = self.index[self.owner[node]]
+                found[g] = found.get(g, False) or mixed
+            elif node.op == "placeholder":
+                found[_INPUT] = found.get(_INPUT, False) or mixed
+            elif node.op not in ("get_attr", "output"):
+                m = mixed or self.ops.mixing(node)
+                stack.extend((a, m) for a in node.all_input_nodes)
+        return found
+
+    def edges(self) -> Tuple[Dict[Tuple[int, int], str], Optional[fx.Node]]:
+        """Edges between groups, ``full`` winning over ``identity``, and the first call that reads
+        the model input."""
+        edges: Dict[Tuple[int, int], str] = {}
+        input_call: Optional[fx.Node] = None
+        for gi, g in enumerate(self.groups):
+            for call in g.calls:  # what the layer reads: every source node feeds every node
+                arg = call.args[0] if call.args else None
+                for src in self.sources(arg) if isinstance(arg, fx.Node) else ():
+                    if src == _INPUT and (input_call is None or self.pos[call] < self.pos[input_call]):
+                        input_call = call
+                    _add_edge(edges, src, gi, "full")
+            for n in [n for n, r in self.owner.items() if r is g.read and n not in g.calls]:
+                for arg in n.all_input_nodes:  # skip connections merging into the run (residual adds)
+                    if self.owner.get(arg) is g.read or arg.op == "get_attr":
+                        continue
+                    for src, mixed in self.sources(arg).items():
+                        _add_edge(edges, src, gi, "full" if mixed else "identity")
+        return edges, input_call
+
+    def layer_graph(self, include_input: bool, include_output: bool
+                    ) -> Tuple[LayerGraph, List[LayerRead], FrozenSet[str]]:
+        """The layer graph, where each of its nodes is read, and the keys of the layers it reads.
+        ``include_input`` adds the first layer's input as node 0; ``include_output=False`` drops
+        the nodes nothing reads from (the logits)."""
+        edges, input_call = self.edges()
+        reads: List[LayerRead] = []
+        nodes: List[LayerNode] = []
+        remap: Dict[int, int] = {}  # group (or _INPUT) -> graph node
+        if include_input and input_call is not None:
+            first = self.layer_of(input_call)
+            assert first is not None and isinstance(input_call.args[0], fx.Node)
+            remap[_INPUT] = 0
+            reads.append(LayerRead(input_call.args[0], first.kind, before=input_call))
+            nodes.append(LayerNode("input", first.in_nodes, (), "input"))
+        read_from = {s for (s, _) in edges}
+        for gi, g in enumerate(self.groups):
+            if include_output or gi in read_from:
+                remap[gi] = len(nodes)
+                reads.append(LayerRead(g.read, g.kind))
+                nodes.append(LayerNode("+".join(g.names), g.width, tuple(l.key for l in g.layers), g.kind))
+        graph_edges = sorted(
+            (LayerEdge(remap[s], remap[d], k) for (s, d), k in edges.items() if s in remap and d in remap),
+            key=lambda e: (e.dst, e.src),
+        )
+        probed = frozenset(l.key for g in self.groups for l in g.layers)
+        return LayerGraph(tuple(nodes), tuple(graph_edges)), reads, probed
+
+
+def _add_edge(edges: Dict[Tuple[int, int], str], src: int, dst: int, kind: str) -> None:
+    if src != dst and edges.get((src, dst)) != "full":
+        edges[(src, dst)] = kind
+
+
+# ----------------------------------------------------------------------------- fx: static trace
 
 @dataclass
 class FxLayers:
@@ -563,149 +770,343 @@ class _Tap(nn.Module):
         self.record(self.index, x)
 
 
-_INPUT = -1  # the model input, as a source of edges
-
-
-@dataclass
-class _Group:
-    """One layer node: the value its network nodes are read from and the calls that write them."""
-
-    read: fx.Node
-    kind: str
-    width: int
-    calls: List[fx.Node] = field(default_factory=list)
-    layers: List[TracedLayer] = field(default_factory=list)
-    names: List[str] = field(default_factory=list)
-
-
-class _Walk:
-    """The traced graph, its weight-layer calls grouped by the value their elementwise run ends at."""
-
-    def __init__(self, gm: fx.GraphModule, layers: Mapping[int, TracedLayer]):
-        self.modules: _Modules = dict(gm.named_modules())
-        self.layers = layers
-        nodes = list(gm.graph.nodes)
-        self.pos = {n: i for i, n in enumerate(nodes)}
-        self.owner: Dict[fx.Node, fx.Node] = {}  # every node on a run -> the run's read node
-        self.groups = self._group_calls(nodes)
-        self.index = {g.read: i for i, g in enumerate(self.groups)}
-
-    def layer_of(self, node: fx.Node) -> Optional[TracedLayer]:
-        """The weight layer a ``call_module`` node runs (attention modules are not probed)."""
-        m = self.modules.get(str(node.target)) if node.op == "call_module" else None
-        return None if m is None or isinstance(m, nn.MultiheadAttention) else self.layers.get(id(m))
-
-    def _group_calls(self, nodes: List[fx.Node]) -> List[_Group]:
-        by_read: Dict[fx.Node, _Group] = {}
-        uses: Dict[str, int] = {}
-        for call in nodes:
-            layer = self.layer_of(call)
-            if layer is None:
-                continue
-            read, run = _follow(call, self.pos, self.modules)
-            for n in run:
-                self.owner.setdefault(n, read)
-            uses[layer.key] = uses.get(layer.key, 0) + 1
-            group = by_read.setdefault(read, _Group(read, layer.kind, layer.out_nodes))
-            group.calls.append(call)
-            group.layers.append(layer)
-            group.names.append(str(call.target) if uses[layer.key] == 1 else f"{call.target}#{uses[layer.key]}")
-        return sorted(by_read.values(), key=lambda g: self.pos[g.read])
-
-    def sources(self, start: fx.Node) -> Dict[int, bool]:
-        """Groups (or ``_INPUT``) that feed ``start`` without crossing another weight layer; True
-        where the way crosses a mixing op (attention, a functional linear)."""
-        found: Dict[int, bool] = {}
-        stack = [(start, False)]
-        visited: Set[Tuple[fx.Node, bool]] = set()
-        while stack:
-            node, mixed = stack.pop()
-            if (node, mixed) in visited:
-                continue
-            visited.add((node, mixed))
-            if node in self.owner:
-                g = self.index[self.owner[node]]
-                found[g] = found.get(g, False) or mixed
-            elif node.op == "placeholder":
-                found[_INPUT] = found.get(_INPUT, False) or mixed
-            elif node.op not in ("get_attr", "output"):
-                m = mixed or _is_mixing(node, self.modules)
-                stack.extend((a, m) for a in node.all_input_nodes)
-        return found
-
-    def edges(self) -> Tuple[Dict[Tuple[int, int], str], Optional[fx.Node]]:
-        """Edges between groups, ``full`` winning over ``identity``, and the first call that reads
-        the model input."""
-        edges: Dict[Tuple[int, int], str] = {}
-        input_call: Optional[fx.Node] = None
-        for gi, g in enumerate(self.groups):
-            for call in g.calls:  # what the layer reads: every source node feeds every node
-                arg = call.args[0] if call.args else None
-                for src in self.sources(arg) if isinstance(arg, fx.Node) else ():
-                    if src == _INPUT and (input_call is None or self.pos[call] < self.pos[input_call]):
-                        input_call = call
-                    _add_edge(edges, src, gi, "full")
-            for n in [n for n, r in self.owner.items() if r is g.read and n not in g.calls]:
-                for arg in n.all_input_nodes:  # skip connections merging into the run (residual adds)
-                    if self.owner.get(arg) is g.read or arg.op == "get_attr":
-                        continue
-                    for src, mixed in self.sources(arg).items():
-                        _add_edge(edges, src, gi, "full" if mixed else "identity")
-        return edges, input_call
-
-
-def _add_edge(edges: Dict[Tuple[int, int], str], src: int, dst: int, kind: str) -> None:
-    if src != dst and edges.get((src, dst)) != "full":
-        edges[(src, dst)] = kind
-
-
 def trace_fx(model: nn.Module, layers: Mapping[int, TracedLayer], *, include_input: bool = False,
              include_output: bool = True) -> FxLayers:
     """Trace ``model`` with torch.fx (no forward runs) into its layer graph.
 
-    ``layers`` maps ``id(module)`` to the weight layer it runs (Linear/Conv; every module of a tied
-    weight). One graph node per value a set of layers writes, read after their elementwise run;
-    edges through a weight layer or a mixing op are ``full``, parameter-free skips ``identity``.
-    ``include_input`` adds the first layer's input as node 0; ``include_output=False`` drops the
-    nodes nothing reads from (the logits). Raises whatever fx raises on an untraceable forward.
+    ``layers`` maps ``id(module)`` to the weight layer it runs (Linear/Conv/Linear-like; every
+    module of a tied weight). One graph node per value a set of layers writes, read after their
+    elementwise run; edges through a weight layer or a mixing op are ``full``, parameter-free skips
+    ``identity``. ``include_input`` adds the first layer's input as node 0; ``include_output=False``
+    drops the nodes nothing reads from (the logits). Raises whatever fx raises on an untraceable
+    forward.
     """
-    tracer = _Tracer()
+    tracer = _Tracer(set(layers))
     fx_graph = tracer.trace(model)  # sets tracer.root
     gm = fx.GraphModule(tracer.root, fx_graph, type(model).__name__)
-    walk = _Walk(gm, layers)
-    edges, input_call = walk.edges()
-    reads: List[LayerRead] = []
-    nodes: List[LayerNode] = []
-    remap: Dict[int, int] = {}  # group (or _INPUT) -> graph node
-    if include_input and input_call is not None:
-        first = walk.layer_of(input_call)
-        assert first is not None and isinstance(input_call.args[0], fx.Node)
-        remap[_INPUT] = 0
-        reads.append(LayerRead(input_call.args[0], first.kind, before=input_call))
-        nodes.append(LayerNode("input", first.in_nodes, (), "input"))
-    read_from = {s for (s, _) in edges}
-    for gi, g in enumerate(walk.groups):
-        if include_output or gi in read_from:
-            remap[gi] = len(nodes)
-            reads.append(LayerRead(g.read, g.kind))
-            nodes.append(LayerNode("+".join(g.names), g.width, tuple(l.key for l in g.layers), g.kind))
-    graph_edges = sorted(
-        (LayerEdge(remap[s], remap[d], k) for (s, d), k in edges.items() if s in remap and d in remap),
-        key=lambda e: (e.dst, e.src),
-    )
-    probed = frozenset(l.key for g in walk.groups for l in g.layers)
-    return FxLayers(gm, reads, LayerGraph(tuple(nodes), tuple(graph_edges)), probed)
+    graph, reads, probed = _Walk(gm.graph, dict(gm.named_modules()), layers).layer_graph(include_input, include_output)
+    return FxLayers(gm, reads, graph, probed)
 
 
-def fx_or_warn(model: nn.Module, layers: Mapping[int, TracedLayer], *, include_input: bool,
-               include_output: bool, instead: str) -> Optional[FxLayers]:
+# ------------------------------------------------------------------------ the recorded forward
+
+class PathChanged(RuntimeError):
+    """A replayed forward ran other ops than the recorded one (its input took another path)."""
+
+
+@dataclass
+class Tape:
+    """One forward written down as an fx.Graph: every torch function called outside the leaf
+    modules (a ``call_function`` node), every leaf module call (``call_module``, its target the
+    module's name), the inputs as placeholders and parameters/buffers as ``get_attr`` nodes. Each
+    node's ``meta`` holds its ``step`` (ops and leaf calls counted in order), the ``item`` of a
+    tuple output it stands for, and the ``stack`` of module names running it."""
+
+    graph: fx.Graph
+    modules: Dict[str, nn.Module]
+    leaves: FrozenSet[int]  # ids of the modules run as one op
+    signature: Tuple[str, ...]  # one entry per step
+
+
+class _Recorder(TorchFunctionMode):
+    """Counts the steps of one forward (leaf-module calls and the torch functions outside them),
+    and either writes them into a graph or, replaying a recorded one, checks each step against
+    ``expected`` and hands the values at ``taps`` to their callback."""
+
+    def __init__(self, model: nn.Module, leaves: FrozenSet[int], *, build: bool,
+                 expected: Optional[Tuple[str, ...]] = None,
+                 taps: Optional[Mapping[int, List[Tuple[Optional[int], bool, Callable[[Any], None]]]]] = None):
+        super().__init__()
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.leaves = leaves
+        self.depth = 0  # > 0 inside a leaf module
+        self.stack: List[str] = []
+        self.steps: List[str] = []
+        self.expected, self.taps = expected, taps or {}
+        self.graph = fx.Graph() if build else None
+        self.node_of: Dict[int, fx.Node] = {}
+        self.alive: List[Any] = []  # every value the graph refers to stays alive: no id is reused
+        self.params = {id(t): n for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+
+    # -- module hooks
+    def enter(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self.stack.append(self.names.get(id(module), ""))
+        if id(module) in self.leaves:
+            self.depth += 1
+
+    def leave(self, module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+        self.stack.pop()
+        if id(module) in self.leaves:
+            self.depth -= 1
+            if self.depth == 0:
+                self._step("call_module", self.names[id(module)], args, kwargs, out)
+
+    # -- torch functions
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0:
+            if _op_name(func) == "setitem" and args and isinstance(args[0], torch.Tensor):
+                self._step("call_function", func, args, kwargs, args[0])  # x[i] = y: a new x
+            elif _tensors(out):
+                self._step("call_function", func, args, kwargs, out)
+        return out
+
+    def _step(self, op: str, target: Any, args: Any, kwargs: Any, out: Any) -> None:
+        step = len(self.steps)
+        self.steps.append(f"{op}:{target if op == 'call_module' else _op_name(target)}")
+        if self.expected is not None and (step >= len(self.expected) or self.expected[step] != self.steps[-1]):
+            raise PathChanged(f"step {step} is {self.steps[-1]}, the recorded forward had "
+                              f"{self.expected[step] if step < len(self.expected) else 'no such step'}")
+        self.depth += 1  # what a tap computes is not part of the forward
+        try:
+            for item, before, record in self.taps.get(step, ()):
+                record(args[0] if before else (out if item is None else out[item]))
+        finally:
+            self.depth -= 1
+        if self.graph is None:
+            return
+        node = self.graph.create_node(op, target, self._arg(tuple(args)), self._arg(dict(kwargs)))
+        node.meta.update(step=step, item=None, stack=tuple(self.stack))
+        self._bind(node, out, step)
+
+    def _bind(self, node: fx.Node, out: Any, step: int) -> None:
+        if isinstance(out, torch.Tensor):
+            self.node_of[id(out)] = node
+            self.alive.append(out)
+        elif isinstance(out, (tuple, list)):
+            for i, v in enumerate(out):
+                if isinstance(v, torch.Tensor):
+                    part = self.graph.call_function(operator.getitem, (node, i))
+                    part.meta.update(step=step, item=i, stack=node.meta["stack"])
+                    self.node_of[id(v)] = part
+                    self.alive.append(v)
+
+    def _arg(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            node = self.node_of.get(id(value))
+            if node is None:  # a parameter, a buffer, or a tensor made where nothing was recorded
+                node = self.graph.get_attr(self.params.get(id(value), "<unrecorded>"))
+                self.node_of[id(value)] = node
+                self.alive.append(value)
+            return node
+        if isinstance(value, (tuple, list)):
+            return tuple(self._arg(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._arg(v) for k, v in value.items()}
+        return value
+
+    def placeholders(self, example_input: Any) -> None:
+        """The model's input tensors as placeholder nodes."""
+        for i, t in enumerate(_tensors(example_input)):
+            self.node_of[id(t)] = self.graph.placeholder(f"input_{i}")
+            self.alive.append(t)
+
+    def run(self, model: nn.Module, example_input: Any) -> Any:
+        hooked = list(model.modules())
+        with forward_hooks(hooked, pre=self.enter, post=self.leave), self:
+            return run_model(model, example_input)
+
+
+def _leaves(model: nn.Module, weight_ids: Set[int]) -> FrozenSet[int]:
+    """Weight-layer modules, attention modules, and the modules that hold no weight layer."""
+    return frozenset(id(m) for m in model.modules()
+                     if id(m) in weight_ids or isinstance(m, nn.MultiheadAttention)
+                     or not _holds_layer(m, weight_ids))
+
+
+def record_tape(model: nn.Module, example_input: Any, weight_ids: Iterable[int], *, meta: bool = True) -> Tape:
+    """Run ``model`` once on ``example_input`` and write the forward down (:class:`Tape`), without
+    autograd, in the modes the model is in (modes and buffers restored). ``weight_ids``: ids of
+    the weight-layer modules. ``meta``: run on meta stand-ins of the weights and the input (no
+    arithmetic, no memory), and on the real ones when the forward cannot run on meta tensors
+    (it branches on values)."""
+    leaves = _leaves(model, set(weight_ids))
+
+    def record() -> Tape:
+        recorder = _Recorder(model, leaves, build=True)
+        x = to_meta(example_input) if on_meta else example_input
+        recorder.placeholders(x)
+        with preserve_state(model), torch.no_grad():
+            recorder.run(model, x)
+        return Tape(recorder.graph, dict(model.named_modules()), leaves, tuple(recorder.steps))
+
+    on_meta = meta
+    if meta:
+        try:
+            with meta_stand_ins(model):
+                return record()
+        except Exception:  # noqa: BLE001 - a forward that reads values: record the real one
+            on_meta = False
+    try:
+        return record()
+    except Exception as err:  # the user's forward: say what we were doing
+        raise ValueError(
+            f"recording a forward of {type(model).__name__} on the example input failed "
+            f"({type(err).__name__}: {err}); pass an example_input its forward accepts"
+        ) from err
+
+
+@dataclass
+class TapeLayers:
+    """A model's layer graph read from a recorded forward (:class:`Tape`), and where each layer
+    node is read; :meth:`tapped` replays the model with those reads."""
+
+    model: nn.Module
+    layers: Mapping[int, TracedLayer]
+    tape: Tape
+    reads: List[LayerRead]
+    graph: LayerGraph
+    probed: FrozenSet[str]
+    include_input: bool = False
+    include_output: bool = True
+
+    @classmethod
+    def of(cls, model: nn.Module, layers: Mapping[int, TracedLayer], tape: Tape, *,
+           include_input: bool = False, include_output: bool = True) -> "TapeLayers":
+        graph, reads, probed = _Walk(tape.graph, tape.modules, layers).layer_graph(include_input, include_output)
+        return cls(model, layers, tape, reads, graph, probed, include_input, include_output)
+
+    def tapped(self, record: Callable[[int, Any], None]) -> Callable[..., Any]:
+        """A callable that runs the model like the model itself and calls ``record(i, value)`` with
+        the values of layer node i. A batch that takes another path through the forward is
+        recorded anew; its layer graph must be this one (a ValueError otherwise)."""
+        state = {"tape": self}
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            current: TapeLayers = state["tape"]
+            x = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+            try:
+                return current._replay(x, record)
+            except PathChanged:
+                again = TapeLayers.of(self.model, self.layers, record_tape(self.model, x, self.layers),
+                                      include_input=self.include_input, include_output=self.include_output)
+                if again.graph != self.graph:
+                    raise ValueError(
+                        f"{type(self.model).__name__} runs other weight layers on different batches "
+                        f"({', '.join(again.graph.names)} vs {', '.join(self.graph.names)}): "
+                        "measure the batches separately"
+                    ) from None
+                state["tape"] = again
+                return again._replay(x, record)
+
+        return run
+
+    def _replay(self, example_input: Any, record: Callable[[int, Any], None]) -> Any:
+        taps: Dict[int, List[Tuple[Optional[int], bool, Callable[[Any], None]]]] = {}
+        for i, read in enumerate(self.reads):
+            at = read.before if read.before is not None else read.node
+            taps.setdefault(at.meta["step"], []).append(
+                (at.meta["item"], read.before is not None, lambda v, i=i: record(i, v)))
+        recorder = _Recorder(self.model, self.tape.leaves, build=False, expected=self.tape.signature, taps=taps)
+        out = recorder.run(self.model, example_input)
+        if len(recorder.steps) != len(self.tape.signature):
+            raise PathChanged(f"{len(recorder.steps)} steps, the recorded forward had {len(self.tape.signature)}")
+        return out
+
+
+def layers_traced_or_recorded(model: nn.Module, layers: Mapping[int, TracedLayer], example_input: Any, *,
+                              include_input: bool, include_output: bool) -> Union[FxLayers, TapeLayers]:
     """The one fallback policy: :func:`trace_fx`, or, when fx cannot trace the model (data-dependent
-    control flow), a warning that says what the caller does ``instead`` and None."""
+    control flow, ``**kwargs`` forwards such as Hugging Face models'), the layer graph of a
+    recorded forward on ``example_input`` (inferred when None), with one warning per model type."""
     try:
         return trace_fx(model, layers, include_input=include_input, include_output=include_output)
     except Exception as err:  # noqa: BLE001 - any fx failure falls back
-        warnings.warn(
-            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); {instead}",
-            stacklevel=3,
-        )
-        return None
+        reason = f"{type(err).__name__}: {err}"
+    if example_input is None:
+        example_input = infer_example_input(model)
+    tape = record_tape(model, example_input, layers)
+    # stacklevel 1 and a message without the call's details: Python's warning registry then
+    # says it once per model type, not on every call
+    warnings.warn(
+        f"torch.fx could not trace {type(model).__name__} ({reason.splitlines()[0][:200]}); its layer "
+        "graph is read from a recorded forward instead (skip connections and functional "
+        "activations seen), which follows the path the example input takes",
+        stacklevel=1,
+    )
+    return TapeLayers.of(model, layers, tape, include_input=include_input, include_output=include_output)
+
+
+# ----------------------------------------------------------------------- residual branches
+
+@dataclass(frozen=True)
+class Residual:
+    """A skip connection in a recorded forward: an add whose one operand (the branch) runs two or
+    more weight layers the other (the skip) does not, while the skip runs at most one of its own
+    (a projection shortcut)."""
+
+    stack: Tuple[str, ...]  # names of the modules running the add, outermost first
+    branch: Tuple[str, ...]  # keys of the branch's weight layers, in execution order
+    shortcut: Tuple[str, ...]  # key of the skip's own weight layer, if any
+    attention: bool  # the branch mixes values outside weight layers (attention, a functional linear)
+
+
+def written_nodes(tape: Tape, layers: Mapping[int, TracedLayer]) -> Dict[str, int]:
+    """Layer key -> index of the layer-graph node it writes in ``tape`` (execution order). Layers
+    whose outputs meet in one elementwise run share a node: a gated pair ``act(gate(x)) * up(x)``,
+    a residual branch and its projection shortcut."""
+    walk = _Walk(tape.graph, tape.modules, layers)
+    return {l.key: gi for gi, g in enumerate(walk.groups) for l in g.layers}
+
+
+def residual_branches(tape: Tape, layers: Mapping[int, TracedLayer]) -> List[Residual]:
+    """Every residual add of ``tape`` (see :class:`Residual`), in execution order."""
+    walk = _Walk(tape.graph, tape.modules, layers)
+    keys: List[str] = []  # bit -> layer key, in the order the forward first runs them
+    bit: Dict[str, int] = {}
+    deps: Dict[fx.Node, int] = {}  # the weight layers a value depends on, as bits
+    mixes: Dict[fx.Node, int] = {}  # the mixing ops (outside weight layers) it depends on
+    for node in walk.nodes:
+        d = m = 0
+        for arg in node.all_input_nodes:
+            d |= deps[arg]
+            m |= mixes[arg]
+        layer = walk.layer_of(node)
+        if layer is not None:
+            if layer.key not in bit:
+                bit[layer.key] = len(keys)
+                keys.append(layer.key)
+            d |= 1 << bit[layer.key]
+        elif walk.ops.mixing(node):
+            m |= 1 << walk.pos[node]
+        deps[node], mixes[node] = d, m
+    found: List[Residual] = []
+    for node in walk.nodes:
+        operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+        if node.op != "call_function" or _op_name(node.target) != "add" or len(operands) != 2:
+            continue
+        for main, skip in (operands, operands[::-1]):
+            branch, own = deps[main] & ~deps[skip], deps[skip] & ~deps[main]
+            if bin(branch).count("1") < 2 or bin(own).count("1") > 1:
+                continue
+            found.append(Residual(
+                stack=node.meta["stack"],
+                branch=tuple(keys[i] for i in range(len(keys)) if branch >> i & 1),
+                shortcut=tuple(keys[i] for i in range(len(keys)) if own >> i & 1),
+                attention=bool(mixes[main] & ~mixes[skip]),
+            ))
+            break
+    return found
+
+
+# ----------------------------------------------------------------------------- ops by module
+
+def modules_running(model: nn.Module, example_input: Any, op: str) -> List[str]:
+    """Names (with class) of the innermost modules whose forward on ``example_input`` runs the aten
+    op ``op`` (``"aten::hardsigmoid"``), in the order they first run it; no autograd, modes and
+    buffers restored."""
+    names = {id(m): n for n, m in model.named_modules()}
+    stack: List[nn.Module] = []
+    found: Dict[str, None] = {}
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func._schema.name == op and stack:
+                found[f"'{names[id(stack[-1])] or '<root>'}' ({type(stack[-1]).__name__})"] = None
+            return func(*args, **(kwargs or {}))
+
+    with forward_hooks(list(model.modules()), pre=lambda m, a, k: stack.append(m),
+                       post=lambda m, a, k, o: stack.pop()), _eval_without_grad(model), Watch():
+        run_model(model, example_input)
+    return list(found)

@@ -9,7 +9,8 @@ one-shot iterator is replayed from the batches it already gave.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import re
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -21,7 +22,12 @@ from emergeinit.layers import (
     Storage, WeightLayer, draw_weight_, find_weight_layers, is_frozen, warn_frozen, weight_storage,
 )
 from emergeinit.options import FLAG, NON_NEGATIVE, Rule, optional
-from emergeinit.trace import Batch, is_batch, split_batch
+from emergeinit.trace import Batch, is_batch, modules_running, split_batch
+
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # pragma: no cover - older torch: no fused attention kernels to avoid
+    SDPBackend = sdpa_kernel = None
 
 __all__ = [
     "LossFn",
@@ -43,6 +49,7 @@ __all__ = [
     "writable_layers",
     "redraw_",
     "reset_biases_",
+    "differentiating_twice",
 ]
 
 # ------------------------------------------------------------------------------------- batches
@@ -242,7 +249,8 @@ def redraw_(model: nn.Module, draw: Callable[[torch.Tensor], Any], method: str,
     kept, frozen = writable_layers(layers, include_frozen, method)
     for layer, stored in kept:
         is_head = head is not None and layer.key == head.key
-        draw_weight_(stored, (lambda w: nn.init.normal_(w, 0.0, classifier_std)) if is_head else draw)
+        draw_weight_(stored, (lambda w: nn.init.normal_(w, 0.0, classifier_std)) if is_head else draw,
+                     layer.transposed)
     if options["zero_bias"]:
         reset_biases_([layer for layer, _ in kept], include_frozen)
     return {"layers": len(kept), "classifier": head.key if head is not None else None, "frozen": frozen}
@@ -256,3 +264,32 @@ def reset_biases_(layers: List[WeightLayer], include_frozen: bool = False) -> No
             bias = layer.bias if layer.bias_key else None  # a parameter, never a computed tensor
             if bias is not None and (include_frozen or bias.requires_grad):
                 bias.zero_()
+
+
+# ------------------------------------------------------------------------- second derivatives
+
+_NO_DERIVATIVE = re.compile(r"derivative for (aten::\w+) is not implemented")
+
+
+@contextmanager
+def differentiating_twice(model: nn.Module, x: Any, method: str) -> Iterator[None]:
+    """Where a method differentiates a gradient: attention runs on the math backend (the fused
+    kernels have no second derivative), and an op that has none anyway (``hardsigmoid``) becomes a
+    ValueError naming it and the modules that run it on ``x``."""
+    kernel = sdpa_kernel(SDPBackend.MATH) if sdpa_kernel is not None else nullcontext()
+    try:
+        with kernel:
+            yield
+    except RuntimeError as err:
+        missing = _NO_DERIVATIVE.search(str(err))
+        if missing is None:
+            raise
+        op = missing.group(1)
+        forward_op = op[: -len("_backward")] if op.endswith("_backward") else op
+        users = modules_running(model, x, forward_op) or modules_running(model, x, op)
+        where = ", ".join(users) if users else "no module found running it"
+        raise ValueError(
+            f"{method} needs second derivatives, and torch has none for {op} ({forward_op} runs in "
+            f"{where}); replace those modules (e.g. nn.Hardsigmoid by x.add(3).clamp(0, 6) / 6) or "
+            "use a first-order method. No weight was changed."
+        ) from err

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LOSS_RULE, LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss, free_params,
-    frozen_parameters, placement, rescale_, scaled_params,
+    LOSS_RULE, LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss,
+    differentiating_twice, free_params, frozen_parameters, placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.options import (
@@ -201,29 +201,30 @@ def gradinit_(
                 nxt = next(stream)
                 x, y = cur
                 s_ = s.to(device=device, dtype=dtype).requires_grad_()
-                params = scaled_params(base, scaled, s_)
-                loss = loss_fn(call_with(model, params, x), y)
-                if it == 0:
-                    check_finite(loss, "gradinit: the loss at the start", model, x)
-                grads = _grads(loss, params)
-                meter.count_backward()
-                gnorm, direction = _step_direction(grads, alg, normalize_grad)
-                gnorms.append(float(gnorm.detach()))
-                if float(gnorm.detach()) > gamma:  # the constraint is violated: lower the gradient norm
-                    (grad_s,) = torch.autograd.grad(gnorm, s_)
-                    meter.count_hvp()
-                    opt, value = constraint_opt, None
-                else:  # lower the loss after one anticipated step, on the overlapping batch S̃
-                    x2, y2 = _overlap(cur, nxt)
-                    moved = {n: p - eta * (d if second_order else d.detach())
-                             for (n, p), d in zip(params.items(), direction)}
-                    objective = loss_fn(call_with(model, moved, x2), y2) / eta
-                    (grad_s,) = torch.autograd.grad(objective, s_)
-                    if second_order:
+                with differentiating_twice(model, x, "gradinit"):
+                    params = scaled_params(base, scaled, s_)
+                    loss = loss_fn(call_with(model, params, x), y)
+                    if it == 0:
+                        check_finite(loss, "gradinit: the loss at the start", model, x)
+                    grads = _grads(loss, params)
+                    meter.count_backward()
+                    gnorm, direction = _step_direction(grads, alg, normalize_grad)
+                    gnorms.append(float(gnorm.detach()))
+                    if float(gnorm.detach()) > gamma:  # the constraint is violated: lower the gradient norm
+                        (grad_s,) = torch.autograd.grad(gnorm, s_)
                         meter.count_hvp()
-                    else:
-                        meter.count_backward()
-                    opt, value = objective_opt, float(objective.detach())
+                        opt, value = constraint_opt, None
+                    else:  # lower the loss after one anticipated step, on the overlapping batch S̃
+                        x2, y2 = _overlap(cur, nxt)
+                        moved = {n: p - eta * (d if second_order else d.detach())
+                                 for (n, p), d in zip(params.items(), direction)}
+                        objective = loss_fn(call_with(model, moved, x2), y2) / eta
+                        (grad_s,) = torch.autograd.grad(objective, s_)
+                        if second_order:
+                            meter.count_hvp()
+                        else:
+                            meter.count_backward()
+                        opt, value = objective_opt, float(objective.detach())
                 objectives.append(value)
                 if not bool(torch.isfinite(grad_s).all()) or (value is not None and not math.isfinite(value)):
                     raise NonFiniteError(f"gradinit: non-finite objective or scale gradient at iteration {it}")

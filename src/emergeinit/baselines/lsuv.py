@@ -12,14 +12,14 @@ layer it measures; it is counted as a forward pass.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
 
 from emergeinit.baselines._common import batch_stream, bn_batch_stats_mode, writable_layers
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
-from emergeinit.layers import Storage, draw_weight_, find_weight_layers, scale_weight_
+from emergeinit.layers import Storage, WeightLayer, draw_weight_, find_weight_layers, scale_weight_
 from emergeinit.options import FLAG, POSITIVE, Rule, at_least, check_values
 from emergeinit.trace import check_finite, forward_hooks, preserve_state, run_model
 
@@ -38,10 +38,10 @@ class _Stop(Exception):
     """Raised by the measuring hook: the rest of the forward pass is not needed."""
 
 
-def orthonormal_(weights: Iterable[Storage]) -> None:
+def orthonormal_(weights: Iterable[Tuple[WeightLayer, Storage]]) -> None:
     """Orthonormal start: each weight, flattened to (out, rest), gets orthonormal rows or columns."""
-    for stored in weights:
-        draw_weight_(stored, nn.init.orthogonal_)
+    for layer, stored in weights:
+        draw_weight_(stored, nn.init.orthogonal_, layer.transposed)  # rows are outputs, also for HF Conv1D
 
 
 def _measure(model: nn.Module, module: nn.Module, x: Any) -> torch.Tensor:
@@ -93,7 +93,7 @@ def lsuv_init_(
         layers, frozen = writable_layers(in_order, include_frozen, "lsuv")
         t0 = time.perf_counter()
         if orthonormal:
-            orthonormal_(stored for _, stored in layers)
+            orthonormal_(layers)
         orthonormal_seconds = time.perf_counter() - t0
         report: Dict[str, Dict[str, Any]] = {}
         skipped: List[str] = []

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from emergeinit.baselines._common import (
-    LOSS_RULE, LossFn, batch_on, batch_stream, call_with, default_loss, free_params, frozen_parameters,
-    placement, rescale_, scaled_params,
+    LOSS_RULE, LossFn, batch_on, batch_stream, call_with, default_loss, differentiating_twice, free_params,
+    frozen_parameters, placement, rescale_, scaled_params,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.options import FLAG, FRACTION, POSITIVE, UNIT_INTERVAL, Rule, at_least, check_values, optional
@@ -72,8 +72,9 @@ def gradient_quotient(
     with preserve_state(model):
         model.eval()
         params = free_params(model)
-        loss = loss_fn(call_with(model, params, x), y)
-        return float(_quotient(loss, list(params.values()), eps, None).detach())
+        with differentiating_twice(model, x, "gradient_quotient"):
+            loss = loss_fn(call_with(model, params, x), y)
+            return float(_quotient(loss, list(params.values()), eps, None).detach())
 
 
 def metainit_(
@@ -129,17 +130,18 @@ def metainit_(
                 else:
                     x, y = next(stream)
                 c = (norm / norm0).to(device=device, dtype=dtype).requires_grad_()
-                params = scaled_params(base, tuned, c)
-                out = call_with(model, params, x)
-                if y is None:
-                    y = torch.randint(0, out.shape[-1], (out.shape[0],), device=device)
-                loss = loss_fn(out, y)
-                if step == 0:
-                    check_finite(loss, "metainit: the loss at the start", model, x)
-                gq = _quotient(loss, list(params.values()), eps, meter)
-                if not bool(torch.isfinite(gq)):
-                    raise NonFiniteError(f"metainit: the gradient quotient is {gq.item()} at step {step}")
-                (grad_c,) = torch.autograd.grad(gq, c)
+                with differentiating_twice(model, x, "metainit"):
+                    params = scaled_params(base, tuned, c)
+                    out = call_with(model, params, x)
+                    if y is None:
+                        y = torch.randint(0, out.shape[-1], (out.shape[0],), device=device)
+                    loss = loss_fn(out, y)
+                    if step == 0:
+                        check_finite(loss, "metainit: the loss at the start", model, x)
+                    gq = _quotient(loss, list(params.values()), eps, meter)
+                    if not bool(torch.isfinite(gq)):
+                        raise NonFiniteError(f"metainit: the gradient quotient is {gq.item()} at step {step}")
+                    (grad_c,) = torch.autograd.grad(gq, c)
                 meter.count_hvp()
                 history.append(float(gq.detach()))
                 memory = momentum * memory - lr * grad_c.detach().sign().to(torch.float64).cpu()
