@@ -143,6 +143,7 @@ def test_layer_graph_equals_eq1_on_its_node_dag(case):
     assert graph.emergence(masks) == want == graph_emergence(adj, flat)
     log = graph.emergence(masks, log=True)
     assert log == -math.inf if want == 0 else math.isclose(log, math.log(want), rel_tol=1e-12)
+    assert graph.emergence_with_log(masks) == (want, log)
 
 
 @settings(max_examples=100, deadline=None)

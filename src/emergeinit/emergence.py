@@ -387,10 +387,14 @@ class LayerGraph:
         counts ints), else the float nearest the exact rational value (inf past float range);
         ``log=True`` gives the natural log of that exact value, finite at any depth.
         """
+        value, log_e = self.emergence_with_log(active)
+        return log_e if log else value
+
+    def emergence_with_log(self, active: Sequence[Any]) -> Tuple[Number, float]:
+        """(:meth:`emergence`, its natural log) from one pass: E and ln E together."""
         total, denom, whole = self._scaled_emergence(active)
-        if log:
-            return math.log(total) - 2 * math.log(denom) if total > 0 else -math.inf
-        return _to_number(Fraction(total, denom * denom), as_float=not whole)
+        log_e = math.log(total) - 2 * math.log(denom) if total > 0 else -math.inf
+        return _to_number(Fraction(total, denom * denom), as_float=not whole), log_e
 
     def _scaled_emergence(self, active: Sequence[Any]) -> Tuple[int, int, bool]:
         """(E * D**2, D, all inputs ints): E in integer arithmetic after scaling every activity
@@ -408,10 +412,14 @@ class LayerGraph:
             if isinstance(value, (list, tuple)):
                 if len(value) != node.width:
                     raise ValueError(f"active[{i}] has {len(value)} weights, node {node.name!r} has width {node.width}")
-                weights = [_activity(v, f"active[{i}][{k}]") for k, v in enumerate(value)]
                 whole = whole and all(isinstance(v, numbers.Integral) for v in value)
-                counts.append(sum(weights, Fraction(0)))
-                per_node.append(weights)
+                if i in touched:
+                    weights = [_activity(v, f"active[{i}][{k}]") for k, v in enumerate(value)]
+                    counts.append(sum(weights, Fraction(0)))
+                    per_node.append(weights)
+                else:  # only the count matters: summed without a Fraction per node (wide logits)
+                    counts.append(_activity_sum(value, f"active[{i}]"))
+                    per_node.append(None)
             else:
                 a = _activity(value, f"active[{i}]", upper=node.width)
                 whole = whole and isinstance(value, numbers.Integral)
@@ -455,10 +463,24 @@ class LayerGraph:
         return total, denom, whole
 
 
+def _activity_sum(values: Sequence[Any], what: str) -> Fraction:
+    """The exact sum of activities in [0, 1], each checked as :func:`_activity` checks it."""
+    by_denominator: Dict[int, int] = {}
+    for k, v in enumerate(values):
+        if not (isinstance(v, numbers.Rational) and 0 <= v.numerator <= v.denominator):
+            v = _activity(v, f"{what}[{k}]")
+        by_denominator[v.denominator] = by_denominator.get(v.denominator, 0) + v.numerator
+    return sum((Fraction(n, d) for d, n in by_denominator.items()), Fraction(0))
+
+
 def _activity(value: Any, what: str, upper: int = 1) -> Fraction:
     """An activity in [0, upper] as the exact Fraction it stands for."""
     if isinstance(value, bool):
         return Fraction(int(value))
+    if isinstance(value, numbers.Rational):  # ints and Fractions: exact, without a float
+        if not 0 <= value <= upper:
+            raise ValueError(f"{what} = {value} is outside [0, {upper}]")
+        return Fraction(value)
     try:
         f = float(value)
     except (TypeError, ValueError):

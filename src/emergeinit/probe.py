@@ -3,9 +3,10 @@
 A node is a unit of a Linear output or a channel of a Conv output, read after the run of
 elementwise and normalization ops that follows the layer (BN, ReLU as a module, in place, or
 ``F.relu`` in ``forward``). The model is traced once with torch.fx (:func:`emergeinit.trace.trace_fx`)
-and run with cheap reductions inserted after those values; when fx cannot trace it, forward hooks
-on the layers and on the activation/normalization modules that follow them do the same
-(functional activations and skip connections are then not seen). See docs/emergence.md.
+and run with cheap reductions inserted after those values; when fx cannot trace it (Hugging Face
+models, data-dependent control flow), a forward recorded on the first batch gives the same graph
+(:func:`emergeinit.trace.record_tape`) and each batch is replayed with the same reads. See
+docs/emergence.md.
 """
 
 from __future__ import annotations
@@ -367,8 +368,7 @@ def _report(tallies: List[_Tally], graph: LayerGraph, skipped: Tuple[str, ...], 
     actives = [l.active for l in layers]
     use_graph = (not graph.is_chain()) if on_graph is None else on_graph
     if use_graph:
-        value = graph.emergence(weights)
-        log_e = graph.emergence(weights, log=True)
+        value, log_e = graph.emergence_with_log(weights)
     else:
         value = layered_emergence(widths, actives)
         log_e = layered_emergence(widths, actives, log=True)
