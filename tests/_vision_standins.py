@@ -88,6 +88,13 @@ class SqueezeExcitation(nn.Module):
 # ------------------------------------------------------------------------------ torchvision
 
 
+def projection(cin, cout, stride):
+    """A ResNet's projection shortcut (conv 1x1 + BN), or None when the shapes already match."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride=1):
         super().__init__()
@@ -96,44 +103,37 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = projection(cin, cout, stride)
+
+    def branch(self, x):
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
     def forward(self, x):
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.branch(x)
         if self.downsample is not None:
             identity = self.downsample(x)
         out += identity
         return self.relu(out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(BasicBlock):
+    """torchvision's Bottleneck (its own class there; a subclass here only to share forward)."""
+
     def __init__(self, cin, mid, stride=1):
-        super().__init__()
-        cout = mid * 4
+        nn.Module.__init__(self)
         self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
-        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
+        self.conv3 = nn.Conv2d(mid, mid * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(mid * 4)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = projection(cin, mid * 4, stride)
 
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+    def branch(self, x):
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        return self.bn3(self.conv3(out))
 
 
 class TVResNet(nn.Module):
@@ -591,9 +591,7 @@ class TimmBottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(cout)
         self.se = None
         self.act3 = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = projection(cin, cout, stride)
         self.drop_path = None
 
     def forward(self, x):

@@ -17,6 +17,7 @@ from emergeinit.layers import (
 )
 from emergeinit.trace import TapeLayers, record_tape, trace_fx
 
+from _steps import train_steps
 from _vision_standins import STANDINS, TimmViT, TVMobileNetV3
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -146,16 +147,7 @@ def test_no_default_blocks_says_what_was_looked_for():
 # ------------------------------------------------------------------------ every model, every step
 
 def _train_steps(model, x, y, steps=3):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return train_steps(model, lambda m: F.cross_entropy(m(x), y), steps)
 
 
 @pytest.mark.parametrize("name", sorted(STANDINS))

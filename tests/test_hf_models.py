@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import emergeinit as ei
+from _steps import train_steps
 from emergeinit.layers import find_blocks, find_weight_layers
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
@@ -151,16 +152,8 @@ def test_blockwise_init_scales_each_ffn_sublayer(name):
 
 
 def _train_steps(model, name, steps=3):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = loss_fn(model(**inputs(name)), IDS)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return train_steps(model, lambda m: loss_fn(m(**inputs(name)), IDS), steps, lr=1e-3,
+                       optimizer=torch.optim.AdamW)
 
 
 @pytest.mark.parametrize("scope", ["global", "blockwise"])

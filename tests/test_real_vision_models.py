@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import emergeinit as ei
+from _steps import train_steps
 from emergeinit.layers import find_blocks, find_weight_layers
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,16 +50,7 @@ Y = torch.tensor([1, 7], device=DEVICE)
 
 
 def _train_steps(model, steps=2):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(X), Y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return train_steps(model, lambda m: F.cross_entropy(m(X), Y), steps, lr=1e-3)
 
 
 @pytest.mark.parametrize("key", sorted(MODELS))
