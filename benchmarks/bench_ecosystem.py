@@ -11,7 +11,7 @@ where those packages import, and the paper's own VGG-19 and ResNet-110 — it pr
 - seconds for plan_emergence, apply_plan_ (Kaiming base, folded scaling) and measure_emergence,
   each against one forward of the same batch, timed alternately in one run (ratios).
 
-    .venv/bin/python benchmarks/bench_ecosystem.py [--repeats 3] [--batch 2] [--only gpt2 bert]
+    .venv/bin/python benchmarks/bench_ecosystem.py [--repeats 3] [--batch 2] [--only gpt2 bert] [--threads 1]
 """
 
 from __future__ import annotations
@@ -138,7 +138,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="model names or substrings (hf/gpt2, timm, ...)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; batch {args.batch} (224x224 images, 128 tokens, 32x32 for the paper's nets)")
     rows: List[Dict[str, Any]] = []
