@@ -623,7 +623,7 @@ class TimmResNet(nn.Module):
         return self.fc(self.global_pool(x).flatten(1))
 
 
-#: name -> (constructor, the default blocks: name -> (member module names, depths))
+#: stand-in name -> constructor (tests/test_ecosystem.py holds what each one should give)
 STANDINS: Dict[str, Callable[[], nn.Module]] = {
     "tv_resnet_basic": lambda: TVResNet(bottleneck=False),
     "tv_resnet_bottleneck": lambda: TVResNet(bottleneck=True),
