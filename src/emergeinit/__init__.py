@@ -40,6 +40,10 @@ _EXPORTS: Dict[str, str] = {
     "encoder_decoder_init_": "emergeinit.init",
     "alpha_for_lr": "emergeinit.schedules",
     "auto_alpha": "emergeinit.tuning",
+    "choose_init": "emergeinit.auto",
+    "auto_init_": "emergeinit.auto",
+    "Candidate": "emergeinit.auto",
+    "InitChoice": "emergeinit.auto",
     "layerwise_lr_groups": "emergeinit.tuning",
     # baselines, one API
     "initialize": "emergeinit.baselines",
@@ -65,6 +69,7 @@ def __dir__() -> List[str]:
 
 
 if TYPE_CHECKING:  # static names for type checkers and IDEs
+    from emergeinit.auto import Candidate, InitChoice, auto_init_, choose_init
     from emergeinit.baselines import InitRecord, check_options, initialize
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
     from emergeinit.init import apply_plan_, emergence_init_, encoder_decoder_init_, tfixup_init_

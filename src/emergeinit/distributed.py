@@ -158,12 +158,13 @@ def initialize_(model: nn.Module, method: str, *, src: int = 0, group: Group = N
     """:func:`emergeinit.initialize` on every rank of a process group, identically: a
     data-dependent method (:data:`~emergeinit.baselines.DATA_METHODS`) runs on rank ``src`` and is
     broadcast (:func:`init_once_`); a deterministic one runs on every rank from its own (equal)
-    random state and, with ``check``, the ranks compare checksums. Returns the ``InitRecord``."""
+    random state and, with ``check``, the ranks compare checksums. The emergence init with
+    ``alpha="auto"`` probes on data, so it too runs on rank ``src`` alone. Returns the ``InitRecord``."""
     from emergeinit.baselines import DATA_METHODS, initialize, method_key
 
     if rank_and_world(group)[1] == 1:
         return initialize(model, method, **options)
-    if method_key(method) in DATA_METHODS:
+    if method_key(method) in DATA_METHODS or options.get("alpha") == "auto":  # auto probes on data
         return init_once_(model, lambda m: initialize(m, method, **options), src=src, group=group,
                           generators=generators)
     record = initialize(model, method, **options)

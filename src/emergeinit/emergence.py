@@ -22,7 +22,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -376,6 +376,40 @@ class LayerGraph:
                 k = torch.arange(min(self.nodes[e.src].width, self.nodes[e.dst].width))
                 adj[s + k, d + k] = 1
         return adj
+
+    def layer_depths(self, layer_inputs: Mapping[str, Sequence[int]], *, how: str = "shortest") -> Dict[str, int]:
+        """Depth of each weight layer: the number of weight layers on a path from the model input
+        through it, the shortest such path (``how="shortest"``) or the longest (``"longest"``).
+
+        ``layer_inputs`` maps a layer key to the nodes its calls read (-1: the model input, depth 0).
+        A layer is one deeper than the nodes it reads; a node is as deep as the layers that write
+        it and the nodes that reach it through identity edges, or through full edges that no layer
+        of the node accounts for (a parameter-free mixing op: attention's softmax·V). On a plain
+        chain both give 1..L in order; on a residual net "shortest" counts the skips (every block's
+        first layer sits one below the stem), "longest" goes through every branch (execution order).
+        """
+        if how not in ("shortest", "longest"):
+            raise ValueError(f"unknown depth {how!r}: use 'shortest' or 'longest'")
+        pick = min if how == "shortest" else max
+        node_depth: List[int] = []
+        layer_depth: Dict[str, int] = {}
+        incoming: List[List[LayerEdge]] = [[] for _ in self.nodes]
+        for e in self.edges:
+            incoming[e.dst].append(e)
+        for v, node in enumerate(self.nodes):
+            reached: List[int] = []
+            covered = set()
+            for key in node.layers:
+                sources = [s for s in layer_inputs.get(key, ()) if s < v]
+                covered.update(sources)
+                depth = 1 + (pick(node_depth[s] if s >= 0 else 0 for s in sources) if sources else 0)
+                layer_depth[key] = depth
+                reached.append(depth)
+            for e in incoming[v]:
+                if e.kind == "identity" or e.src not in covered:
+                    reached.append(node_depth[e.src])
+            node_depth.append(pick(reached) if reached else 0)
+        return layer_depth
 
     def emergence(self, active: Sequence[Any], *, log: bool = False) -> Number:
         """E of the network-node DAG (eq 1), one entry of ``active`` per layer node.

@@ -441,6 +441,7 @@ def emergence_init_(
     embeddings: bool = False,
     norms: bool = False,
     include_frozen: bool = False,
+    graph_depth: str = "shortest",
     **base_options: Any,
 ) -> InitPlan:
     """Initialize ``model`` in place with the emergence-promoting scheme and return its plan.
@@ -458,6 +459,7 @@ def emergence_init_(
         model, alpha=alpha, schedule=schedule, scope=scope, blocks=blocks,
         example_input=example_input, order=order, scale_bias=scale_bias,
         embeddings=embeddings, norms=norms, include_frozen=include_frozen,
+        graph_depth=graph_depth,
     )
     plan.meta["base"] = resolved.name if resolved is not None else KEEP
     return apply_plan_(model, plan, base=resolved)

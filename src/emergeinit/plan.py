@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+import torch
 from torch import nn
 
 from emergeinit.layers import (
     ModuleSpec, WeightLayer, check_writable, draw_target, find_blocks, find_weight_layers, is_frozen,
+    layer_by_module,
     match_modules, packed_qkv_rows, qualified_name, storage_of, warn_frozen, weight_storage,
 )
 from emergeinit.options import FLAG, Rule, check_values
 from emergeinit.schedules import Schedule, exponents, positive_number, resolve_schedule
 from emergeinit.sharding import is_sharded
-from emergeinit.trace import call_order, fork_rng, meta_stand_ins, to_meta
+from emergeinit.trace import (
+    call_order, fork_rng, layers_traced_or_recorded, meta_stand_ins, preserve_state, to_meta,
+)
 
 __all__ = [
     "PlannedLayer",
@@ -40,12 +44,15 @@ __all__ = [
     "plan_emergence",
     "check_plan_options",
     "SCOPES",
+    "GRAPH_DEPTHS",
+    "graph_depths",
     "tfixup_factors",
     "find_transformer_layers",
     "plan_transformer",
 ]
 
-SCOPES = ("global", "blockwise")
+SCOPES = ("global", "blockwise", "graph")
+GRAPH_DEPTHS = ("shortest", "longest")
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*
     nn.LayerNorm,
@@ -102,6 +109,16 @@ class InitPlan:
         """Parameter key -> factor (rows-restricted entries appear as ``key[start:stop]``)."""
         return {_label(l): l.factor for l in self.layers}
 
+    def with_alpha(self, alpha: float) -> "InitPlan":
+        """The same plan at another α: every scheduled factor becomes α**e_k (the layers, their
+        order and exponents do not depend on α, so no new trace is needed). Entries without an
+        exponent keep factor 1."""
+        alpha = positive_number(alpha, "alpha")
+        layers = [replace(l, factor=_factor(alpha, l.exponent, l.key)) if l.exponent is not None else l
+                  for l in self.layers]
+        return InitPlan(layers, alpha=alpha, schedule=self.schedule, scope=self.scope, scale_bias=self.scale_bias,
+                        meta=dict(self.meta))
+
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict (``json.dumps(plan.to_dict())``)."""
         return {
@@ -139,6 +156,14 @@ class InitPlan:
         frozen = self.meta.get("frozen") or []
         left = [f"left out, frozen (requires_grad=False): {', '.join(frozen)}"] if frozen else []
         return "\n".join(lines + [fmt(r) for r in rows] + left)
+
+
+def _factor(alpha: float, exponent: float, key: str) -> float:
+    """α**e in float64, or a ValueError when it is not representable there."""
+    factor = alpha ** exponent
+    if not math.isfinite(factor) or factor == 0.0:
+        raise ValueError(f"factor alpha**e = {alpha}**{exponent} of {key} is not representable in float64")
+    return factor
 
 
 def _label(l: PlannedLayer) -> str:
@@ -223,6 +248,29 @@ def _trace(model: nn.Module, example_input: Any, order: str, trace: str, embeddi
     return find(example_input)
 
 
+def graph_depths(model: nn.Module, layers: List[WeightLayer], scheduled: List[Scheduled],
+                 how: str = "shortest", example_input: Any = None) -> List[int]:
+    """Depth of each scheduled tensor in the model's layer graph
+    (:meth:`~emergeinit.emergence.LayerGraph.layer_depths`): the weight layers on the shortest (or
+    longest) path from the input through it. The graph is traced by torch.fx, or read from a
+    recorded forward on ``example_input`` when fx cannot trace the model
+    (:func:`emergeinit.trace.layers_traced_or_recorded`). A tensor the graph does not hold
+    (attention projections inside ``nn.MultiheadAttention``, embeddings) takes the depth of the
+    tensor executed before it (the first: the smallest depth).
+    """
+    with preserve_state(model), torch.no_grad():
+        model.eval()
+        traced = layers_traced_or_recorded(model, layer_by_module(model, layers), example_input,
+                                           include_input=False, include_output=True)
+    by_key = traced.graph.layer_depths(traced.inputs, how=how)
+    known = [by_key.get(t.key) for t in scheduled]
+    first = min((d for d in known if d is not None), default=1)
+    depths: List[int] = []
+    for d in known:
+        depths.append(d if d is not None else (depths[-1] if depths else first))
+    return depths
+
+
 def _schedule_groups(model: nn.Module, layers: List[WeightLayer], scheduled: List[Scheduled], scope: str,
                      blocks: Optional[ModuleSpec], example_input: Any) -> List[Tuple[Optional[str], List[int], List[int]]]:
     """(block, positions in ``scheduled``, index k of each) for each run of the schedule."""
@@ -245,9 +293,11 @@ def check_plan_options(options: Mapping[str, Any]) -> None:
         resolve_schedule(options["schedule"])
     scope = options.get("scope", "global")
     if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}: use 'global' or 'blockwise'")
-    if scope == "global" and options.get("blocks") is not None:
+        raise ValueError(f"unknown scope {scope!r}: use 'global', 'blockwise' or 'graph'")
+    if scope != "blockwise" and options.get("blocks") is not None:
         raise ValueError("blocks= is only used with scope='blockwise'")
+    if options.get("graph_depth", "shortest") not in GRAPH_DEPTHS:
+        raise ValueError(f"unknown graph_depth {options['graph_depth']!r}: use 'shortest' or 'longest'")
     if options.get("order", "execution") not in ("execution", "registration"):
         raise ValueError(f"unknown order {options['order']!r}: use 'execution' or 'registration'")
     if options.get("trace", "meta") not in ("meta", "real"):
@@ -269,6 +319,7 @@ def plan_emergence(
     norms: bool = False,
     trace: str = "meta",
     include_frozen: bool = False,
+    graph_depth: str = "shortest",
 ) -> InitPlan:
     """The plan of eq 8 for ``model``: per weight layer its index k, exponent e_k and α**e_k.
 
@@ -281,7 +332,11 @@ def plan_emergence(
     block's number of indices (a gated pair shares one; see :func:`emergeinit.layers.find_blocks`
     for the default blocks: residual units and transformer FFN sublayers, found from a recorded
     forward; ``blocks``: modules, names or patterns, see :func:`emergeinit.layers.match_modules`);
-    layers outside every block keep factor 1. ``trace="meta"`` runs the tracing forward on meta stand-ins of the weights (no
+    layers outside every block keep factor 1. ``scope="graph"`` indexes the schedule by each
+    layer's depth in the traced layer graph instead of its execution position (:func:`graph_depths`;
+    ``graph_depth="shortest"`` counts the weight layers on the shortest path from the input, so
+    skip connections make a layer shallow, ``"longest"`` on the longest): on a plain chain it equals
+    the global schedule, and layers at one depth share one factor. ``trace="meta"`` runs the tracing forward on meta stand-ins of the weights (no
     arithmetic; the real weights are used when the forward cannot run on meta tensors), ``"real"``
     on the weights themselves. Frozen tensors (``requires_grad=False``: a pretrained backbone) are
     left out of the schedule, with a warning, and listed in ``plan.meta["frozen"]``;
@@ -290,7 +345,7 @@ def plan_emergence(
     """
     check_plan_options(dict(alpha=alpha, schedule=schedule, scope=scope, blocks=blocks, order=order,
                             scale_bias=scale_bias, embeddings=embeddings, norms=norms, trace=trace,
-                            include_frozen=include_frozen))
+                            include_frozen=include_frozen, graph_depth=graph_depth))
     alpha = positive_number(alpha, "alpha")
     if any(is_sharded(p) for p in model.parameters()):
         raise ValueError("plan_emergence traces the model: plan it before sharding it (on the meta "
@@ -305,16 +360,21 @@ def plan_emergence(
         layers, scheduled, follows = _without(frozen, layers, scheduled, follows)
         warn_frozen("plan_emergence", frozen)
     place: Dict[int, Tuple[int, float, Optional[str]]] = {}  # position -> (k, e_k, block)
-    for block, positions, ks in _schedule_groups(model, layers, scheduled, scope, blocks, example_input):
+    if scope == "graph":  # k is the depth level: depths d_min..d_max are the schedule's 0..L-1
+        with fork_rng(model):
+            depths = graph_depths(model, layers, scheduled, graph_depth, example_input)
+        low = min(depths)
+        levels = exponents(max(depths) - low + 1, schedule_fn)
+        place = {i: (d - low, levels[d - low], None) for i, d in enumerate(depths)}
+    for block, positions, ks in (_schedule_groups(model, layers, scheduled, scope, blocks, example_input)
+                                 if scope != "graph" else ()):
         es = exponents(len(set(ks)), schedule_fn)
         for i, k in zip(positions, ks):
             place[i] = (k, es[k], block)
     planned: List[List[PlannedLayer]] = []
     for i, t in enumerate(scheduled):
         k, e, block = place.get(i, (None, None, None))
-        factor = alpha ** e if e is not None else 1.0
-        if not math.isfinite(factor) or factor == 0.0:
-            raise ValueError(f"factor alpha**e = {alpha}**{e} of {t.key} is not representable in float64")
+        factor = _factor(alpha, e, t.key) if e is not None else 1.0
         planned.append([PlannedLayer(t.name, t.key, t.kind, k, e, factor, block, t.bias_key, t.shape,
                                      transposed=t.transposed)])
     for i, norm in follows:  # a norm's γ takes the factor of the layer it follows
@@ -323,7 +383,8 @@ def plan_emergence(
                                        src.block, norm.bias_key, norm.shape))
     return InitPlan([p for ps in planned for p in ps], alpha=alpha, schedule=schedule_name, scope=scope,
                     scale_bias=scale_bias, meta={"order": order, "embeddings": embeddings, "norms": norms,
-                                                 "frozen": frozen})
+                                                 "frozen": frozen,
+                                                 **({"graph_depth": graph_depth} if scope == "graph" else {})})
 
 
 def _without(frozen: Sequence[str], layers: List[WeightLayer], scheduled: List[Scheduled],

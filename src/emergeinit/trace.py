@@ -42,6 +42,7 @@ __all__ = [
     "is_batch",
     "split_batch",
     "iter_batches",
+    "to_device",
     "NonFiniteError",
     "has_nonfinite",
     "first_nonfinite_layer",
@@ -168,6 +169,17 @@ def split_batch(batch: Any) -> Batch:
     if isinstance(batch, (torch.Tensor, dict)):
         return batch, None
     return batch[0], batch[1]
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Move tensors (inside tuples/dicts too) to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def iter_batches(data: Any) -> Iterator[Batch]:
@@ -687,13 +699,15 @@ class _Walk:
         the model input."""
         edges: Dict[Tuple[int, int], str] = {}
         input_call: Optional[fx.Node] = None
+        self.reads_from: Dict[str, Set[int]] = {}  # layer key -> the groups (or _INPUT) its calls read
         for gi, g in enumerate(self.groups):
-            for call in g.calls:  # what the layer reads: every source node feeds every node
+            for call, layer in zip(g.calls, g.layers):  # what the layer reads: every source feeds every node
                 arg = call.args[0] if call.args else None
                 for src in self.sources(arg) if isinstance(arg, fx.Node) else ():
                     if src == _INPUT and (input_call is None or self.pos[call] < self.pos[input_call]):
                         input_call = call
                     _add_edge(edges, src, gi, "full")
+                    self.reads_from.setdefault(layer.key, set()).add(src)
             for n in [n for n, r in self.owner.items() if r is g.read and n not in g.calls]:
                 for arg in n.all_input_nodes:  # skip connections merging into the run (residual adds)
                     if self.owner.get(arg) is g.read or arg.op == "get_attr":
@@ -728,6 +742,9 @@ class _Walk:
             key=lambda e: (e.dst, e.src),
         )
         probed = frozenset(l.key for g in self.groups for l in g.layers)
+        remap.setdefault(_INPUT, -1)  # the input, when it is not node 0
+        self.inputs = {key: tuple(sorted(remap[s] for s in srcs if s in remap))
+                       for key, srcs in self.reads_from.items()}
         return LayerGraph(tuple(nodes), tuple(graph_edges)), reads, probed
 
 
@@ -746,6 +763,8 @@ class FxLayers:
     reads: List[LayerRead]  # one per node of ``graph``
     graph: LayerGraph
     probed: FrozenSet[str]  # keys of the weight layers the graph reads (before include_output)
+    inputs: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
+    """Layer key -> the graph nodes its calls read (-1: the model input, when it is not node 0)."""
 
     def tapped(self, record: Callable[[int, Any], None]) -> fx.GraphModule:
         """The traced module, changed in place so that each forward calls ``record(i, value)`` with
@@ -784,8 +803,9 @@ def trace_fx(model: nn.Module, layers: Mapping[int, TracedLayer], *, include_inp
     tracer = _Tracer(set(layers))
     fx_graph = tracer.trace(model)  # sets tracer.root
     gm = fx.GraphModule(tracer.root, fx_graph, type(model).__name__)
-    graph, reads, probed = _Walk(gm.graph, dict(gm.named_modules()), layers).layer_graph(include_input, include_output)
-    return FxLayers(gm, reads, graph, probed)
+    walk = _Walk(gm.graph, dict(gm.named_modules()), layers)
+    graph, reads, probed = walk.layer_graph(include_input, include_output)
+    return FxLayers(gm, reads, graph, probed, walk.inputs)
 
 
 # ------------------------------------------------------------------------ the recorded forward
@@ -960,12 +980,14 @@ class TapeLayers:
     probed: FrozenSet[str]
     include_input: bool = False
     include_output: bool = True
+    inputs: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)  # as FxLayers.inputs
 
     @classmethod
     def of(cls, model: nn.Module, layers: Mapping[int, TracedLayer], tape: Tape, *,
            include_input: bool = False, include_output: bool = True) -> "TapeLayers":
-        graph, reads, probed = _Walk(tape.graph, tape.modules, layers).layer_graph(include_input, include_output)
-        return cls(model, layers, tape, reads, graph, probed, include_input, include_output)
+        walk = _Walk(tape.graph, tape.modules, layers)
+        graph, reads, probed = walk.layer_graph(include_input, include_output)
+        return cls(model, layers, tape, reads, graph, probed, include_input, include_output, walk.inputs)
 
     def tapped(self, record: Callable[[int, Any], None]) -> Callable[..., Any]:
         """A callable that runs the model like the model itself and calls ``record(i, value)`` with

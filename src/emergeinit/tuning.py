@@ -69,6 +69,9 @@ def auto_alpha(
     ``base=None``: scale the current weights) to a copy, run one forward/backward, and call α
     *admissible* when the output RMS and the total gradient norm both stay within a factor
     ``tolerance`` of those at α = 1. ``criterion="largest"`` returns the largest admissible α;
+    The old screening rule, kept for its callers: it returned α = 1 on every real image model we
+    tried, so :func:`emergeinit.choose_init` (probes that train) is the one to use. An α whose
+    factors would leave the dtype's range is inadmissible (its trial says why), never an error.
     ``"emergence"`` returns the admissible α with the largest measured emergence
     (``measure``, default ``emergeinit.measure_emergence``: called as ``measure(model, inputs,
     threshold=...)``, its result's ``.log10`` is compared). α = 1 is always admissible.
@@ -96,7 +99,13 @@ def auto_alpha(
         for a in alphas:
             torch.manual_seed(0)  # every trial starts from the same random state
             twin = copy.deepcopy(model)
-            emergence_init_(twin, alpha=a, example_input=example, **init_kwargs)
+            try:
+                emergence_init_(twin, alpha=a, example_input=example, **init_kwargs)
+            except ValueError as err:  # factors outside the dtype's range: this α is out, not an error
+                if a == 1.0:
+                    raise
+                trials.append({"alpha": a, "output_rms": math.nan, "grad_norm": math.nan, "skipped": str(err)})
+                continue
             with preserve_state(twin):
                 rms, gnorm, loss = _probe(twin, example, targets, loss_fn)
                 if a == 1.0 and not all(map(math.isfinite, (rms, gnorm, float(loss)))):

@@ -22,6 +22,7 @@ from emergeinit.baselines.lsuv import lsuv_init_
 from emergeinit.baselines.metainit import gradient_quotient, metainit_
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.baselines.xavier import xavier_init_
+from emergeinit.auto import auto_init_, check_auto_options
 from emergeinit.init import (
     TRANSFORMER_RULES, check_emergence_options, emergence_init_, encoder_decoder_init_, tfixup_init_,
 )
@@ -60,11 +61,37 @@ def _recorded_plan(method: str, init_: Callable[..., Any]) -> Callable[..., Init
     return run
 
 
+_emergence_fixed = _recorded_plan("emergence", emergence_init_)
+
+
+def emergence_method(model: nn.Module, **options: Any) -> InitRecord:
+    """The emergence init as a baseline: ``alpha`` a number (:func:`emergeinit.emergence_init_`),
+    or ``alpha="auto"``: :func:`emergeinit.auto.auto_init_` chooses α, schedule and scope by short
+    probes on ``data`` (required; ``loss_fn`` and its other options pass through) and applies the
+    choice. The record's details hold the plan and, for "auto", the choice with its evidence; its
+    backward passes are the probe's steps (its forward passes are counted by the record's hook,
+    which the probe's deep copies carry)."""
+    if options.get("alpha") != "auto":
+        return _emergence_fixed(model, **options)
+    auto = {k: v for k, v in options.items() if k != "alpha"}
+    data = auto.pop("data", None)
+    if data is None:
+        raise ValueError("emergence with alpha='auto' is data-dependent: pass data=(inputs, targets) "
+                         "or an iterable of batches")
+
+    def body(meter: CostMeter) -> Dict[str, Any]:
+        choice = auto_init_(model, data, **auto)
+        meter.count_backward(choice.steps_run)
+        return {"plan": choice.plan.to_dict() if choice.plan else None, "auto": choice.to_dict()}
+
+    return run_recorded(model, "emergence", options, body)
+
+
 #: method name -> function(model, **options) -> InitRecord
 METHODS: Dict[str, Callable[..., InitRecord]] = {
     "kaiming": kaiming_init_,
     "xavier": xavier_init_,
-    "emergence": _recorded_plan("emergence", emergence_init_),
+    "emergence": emergence_method,
     "tfixup": _recorded_plan("tfixup", tfixup_init_),
     "metainit": metainit_,
     "gradinit": gradinit_,
@@ -80,7 +107,8 @@ def _checker(method: str, rules: Mapping[str, Rule]) -> Callable[[Mapping[str, A
 VALUE_CHECKS: Dict[str, Callable[[Mapping[str, Any]], None]] = {
     "kaiming": _checker("kaiming", kaiming.RULES),
     "xavier": _checker("xavier", xavier.RULES),
-    "emergence": check_emergence_options,
+    "emergence": lambda options: (check_auto_options(options) if options.get("alpha") == "auto" else
+                                  check_emergence_options(bind_options(emergence_init_, options, "emergence"))),
     "tfixup": _checker("tfixup", TRANSFORMER_RULES),
     "metainit": _checker("metainit", metainit.RULES),
     "gradinit": _checker("gradinit", gradinit.RULES),

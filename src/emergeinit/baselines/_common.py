@@ -22,7 +22,7 @@ from emergeinit.layers import (
     Storage, WeightLayer, draw_weight_, find_weight_layers, is_frozen, warn_frozen, weight_storage,
 )
 from emergeinit.options import FLAG, NON_NEGATIVE, Rule, optional
-from emergeinit.trace import Batch, is_batch, modules_running, split_batch
+from emergeinit.trace import Batch, is_batch, modules_running, split_batch, to_device
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -56,17 +56,6 @@ __all__ = [
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSS_RULE: Rule = optional((callable, "a callable (output, targets) -> loss"))
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """Move tensors (inside tuples/dicts too) to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
 
 
 def batch_stream(data: Any, method: str, *, device: torch.device, need_targets: bool) -> Iterator[Batch]:

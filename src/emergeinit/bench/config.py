@@ -100,6 +100,7 @@ IMAGE: Dict[str, Any] = {
     "momentum": 0.9,              # sgd momentum; adam betas stay torch's defaults
     "nesterov": False,
     "decay_norm": False,          # weight decay on normalization parameters (BN γ, β)
+    "layerwise_lr": False,        # per-layer rates lr·G/‖∇_{x_l} L‖ (the paper's "On learning rates"), read at init
     "lr_schedule": "constant",    # constant | cosine (stepped per iteration)
     "schedule_epochs": None,      # cosine horizon in epochs; None: `epochs`
     "crop_padding": 0,            # random crop after zero padding (pixels); 0: off

@@ -27,8 +27,9 @@ from emergeinit.bench.env import device_name
 from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
 from emergeinit.distributed import initialize_
 from emergeinit.models import build_model
+from emergeinit.schedules import positive_number
 
-__all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "prepare_batch", "lr_lambda",
+__all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "lr_batch", "prepare_batch", "lr_lambda",
            "epoch_steps", "build_image_model", "subset", "DATA_INITS", "apply_base_", "redraw_classifier_",
            "init_generator", "init_model"]
 
@@ -37,17 +38,33 @@ _INIT_STREAM = 0x9E3779B97F4A7C15  # offset of the init batches' seed from the t
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: Mapping[str, Any],
+                   lr_batch: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.optim.Optimizer:
     """The configured optimizer, with normalization parameters in a group without weight decay
-    unless ``decay_norm``."""
+    unless ``decay_norm``. With ``layerwise_lr`` every weight layer gets its own group whose
+    ``lr_scale`` is :func:`emergeinit.layerwise_lr_groups`'s rate over ``lr`` on ``lr_batch``
+    (the training loop multiplies the scheduled lr by it)."""
     norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
     wd = float(config["weight_decay"])
-    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in norm_ids]
-    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in norm_ids]
-    groups = [{"params": decay, "weight_decay": wd}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": wd if config["decay_norm"] else 0.0})
     lr = float(config["lr"])
+    norm_wd = wd if config["decay_norm"] else 0.0
+    if config.get("layerwise_lr"):
+        if lr_batch is None:
+            raise ValueError("layerwise_lr needs a batch to read the input gradients on (lr_batch)")
+        groups = []
+        for g in ei.layerwise_lr_groups(model, F.cross_entropy, lr_batch, base_lr=lr):
+            params = [p for p in g["params"] if p.requires_grad]
+            for kept, decay in (([p for p in params if id(p) not in norm_ids], wd),
+                                ([p for p in params if id(p) in norm_ids], norm_wd)):
+                if kept:
+                    groups.append({"params": kept, "weight_decay": decay, "lr": g["lr"],
+                                   "lr_scale": g["lr"] / lr, "name": g["name"]})
+    else:
+        decay = [p for p in model.parameters() if p.requires_grad and id(p) not in norm_ids]
+        no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in norm_ids]
+        groups = [{"params": decay, "weight_decay": wd}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": norm_wd})
     name = config["optimizer"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]),
@@ -197,19 +214,82 @@ def _method_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     return options
 
 
+def _side_generator(config: Mapping[str, Any], device: torch.device, salt: int) -> torch.Generator:
+    """A generator of its own for batches the init or the optimizer look at, so that reading them
+    leaves the training order of the run as it is (same seed, same batches, whatever the init)."""
+    return torch.Generator(device=device).manual_seed(int(config["seed"]) * 1_000_003 + salt)
+
+
+def lr_batch(config: Mapping[str, Any], data: ImageData) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The training batch ``layerwise_lr`` reads its input gradients on (None when it is off)."""
+    if not config.get("layerwise_lr"):
+        return None
+    return next(_init_batches(data, config, _side_generator(config, data.train_x.device, 2)))
+
+
+def _alpha_rule(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``alpha_from_lr`` taken out of ``options`` and checked: ``{alpha0, lr0}``, both positive, and
+    no ``alpha`` beside it."""
+    rule = options.pop("alpha_from_lr")
+    if "alpha" in options:
+        raise ValueError("init_options sets both alpha and alpha_from_lr: give one")
+    if not isinstance(rule, Mapping) or set(rule) != {"alpha0", "lr0"}:
+        raise ValueError(f"alpha_from_lr takes alpha0 and lr0, got {rule!r}")
+    for key in ("alpha0", "lr0"):
+        positive_number(rule[key], f"alpha_from_lr.{key}")
+    return dict(rule)
+
+
+def _emergence_options(model: nn.Module, config: Mapping[str, Any], data: ImageData,
+                       options: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The emergence init's options with ``alpha_from_lr`` resolved (eq 11, depth = the number of
+    weight layers) and, for ``alpha: auto``, the probe's data, optimizer, clipping and epoch;
+    and what the record should say about them."""
+    noted: Dict[str, Any] = {}
+    if options.get("alpha_from_lr") is not None:
+        rule = _alpha_rule(options)
+        depth = len(ei.find_weight_layers(model, prepare_batch(data, data.train_x[:2], config, None, False)))
+        options["alpha"] = ei.alpha_for_lr(rule["alpha0"], rule["lr0"], float(config["lr"]), depth)
+        noted["alpha_from_lr"] = {**rule, "lr": float(config["lr"]), "depth": depth, "alpha": options["alpha"]}
+    if options.get("alpha") == "auto":
+        steps_per_epoch = epoch_steps(config, data.train_x.shape[0])
+        side = _side_generator(config, data.train_x.device, 1)
+        options.setdefault("data", _init_batches(data, config, side))
+        options.setdefault("epoch_steps", steps_per_epoch)
+        options.setdefault("clip_grad_norm", config.get("clip_grad_norm"))
+        start_lr = lr_lambda(config, steps_per_epoch)(0)
+        batch = lr_batch(config, data)
+
+        def probe_optimizer(twin: nn.Module) -> torch.optim.Optimizer:
+            opt = make_optimizer(twin, config, batch)
+            for group in opt.param_groups:  # the lr of the run's first step
+                group["lr"] = float(config["lr"]) * start_lr * group.get("lr_scale", 1.0)
+            return opt
+
+        options.setdefault("optimizer", probe_optimizer)
+    return options, noted
+
+
 def check_init(config: Mapping[str, Any]) -> None:
     """The config's init and its options, checked as :func:`emergeinit.initialize` would, without a
     model, and against its base (:func:`~emergeinit.bench.config.check_base_use`); a grid runs this
     for every config before its first run, and every run before its init."""
     check_base_use(config)
     if not is_base_row(config):
-        ei.check_options(config["init"], _method_options(config))
+        options = _method_options(config)
+        if config["init"] == "emergence" and options.get("alpha_from_lr") is not None:
+            rule = _alpha_rule(options)
+            options["alpha"] = rule["alpha0"]  # eq 11 scales a positive α0 to a positive α
+        ei.check_options(config["init"], options)
 
 
 def _method(model: nn.Module, config: Mapping[str, Any], options: Dict[str, Any], data: ImageData,
             generator: Optional[torch.Generator]) -> Dict[str, Any]:
     """``config["init"]`` with ``options`` through :func:`emergeinit.initialize` (the same on
     every rank of a DDP run); data-dependent inits get training batches drawn with ``generator``."""
+    noted: Dict[str, Any] = {}
+    if config["init"] == "emergence":
+        options, noted = _emergence_options(model, config, data, options)
     if config["init"] in DATA_INITS:
         options.setdefault("data", _init_batches(data, config, generator))
         if config["init"] != "lsuv":
@@ -221,7 +301,9 @@ def _method(model: nn.Module, config: Mapping[str, Any], options: Dict[str, Any]
             options["arch"] = config["model"]
     # the same on every rank of a DDP run: data-dependent inits computed on rank 0 and broadcast
     generators = (generator,) if generator is not None else ()
-    return initialize_(model, config["init"], generators=generators, **options).to_dict()
+    record = initialize_(model, config["init"], generators=generators, **options).to_dict()
+    record["details"].update(noted)
+    return record
 
 
 def _classifier(model: nn.Module) -> nn.Linear:
@@ -338,7 +420,9 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
         emergence = None
         extra["emergence_error"] = f"{type(err).__name__}: {err}"
 
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, lr_batch(config, data))
+    if config.get("layerwise_lr"):
+        extra["lr_scales"] = {g["name"]: g["lr_scale"] for g in optimizer.param_groups}
     trained = ddp.current().wrap(model)  # DDP in a process group (emergeinit train --nproc N)
     steps_per_epoch = epoch_steps(config, data.train_x.shape[0])
     extra["steps_per_epoch"] = steps_per_epoch

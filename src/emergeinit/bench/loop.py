@@ -83,7 +83,7 @@ def train_steps(
     progress: Optional[str] = None,
 ) -> Steps:
     """Up to ``total`` optimizer steps, one per batch. Before step ``i`` every parameter group's
-    lr becomes ``lr_at(step0 + i)``; ``loss_fn(batch)`` runs under :func:`autocast` and returns
+    lr becomes ``lr_at(step0 + i)`` times the group's ``lr_scale`` (1 when it has none); ``loss_fn(batch)`` runs under :func:`autocast` and returns
     the loss to backpropagate and a detached tensor to log. The logged values are checked for
     NaN/inf every ``check_every`` steps and after the last one (each check syncs the device); a
     non-finite value ends the loop with ``diverged_at`` set. ``progress``: a bar with that title."""
@@ -115,7 +115,7 @@ def train_steps(
         for i, batch in enumerate(itertools.islice(batches, total)):
             lr = lr_at(step0 + i)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             with autocast(amp, device):
                 loss, value = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)

@@ -214,10 +214,17 @@ def init_label(config: Mapping[str, Any]) -> str:
     init = str(config.get("init"))
     opts = dict(config.get("init_options") or {})
     parts = []
-    for key in ("schedule", "alpha", "scope", "base"):
+    for key in ("schedule", "alpha", "alpha_from_lr", "scope", "base"):
         if key in opts and opts[key] is not None:
-            parts.append(f"α={opts[key]:g}" if key == "alpha" and isinstance(opts[key], (int, float))
-                         else f"{opts[key]}")
+            value = opts[key]
+            if key == "alpha":
+                parts.append(f"α={value:g}" if isinstance(value, (int, float)) else f"α={value}")
+            elif key == "alpha_from_lr" and isinstance(value, Mapping):
+                parts.append(f"α from lr (α0={value.get('alpha0')}, lr0={value.get('lr0')})")
+            else:
+                parts.append(f"{value}")
+    if config.get("layerwise_lr"):
+        parts.append("layer-wise lr")
     label = init + (f" ({', '.join(parts)})" if parts else "")
     extra = config.get("extra_epoch")
     if extra:

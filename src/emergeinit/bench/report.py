@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from emergeinit.bench import plots
+from emergeinit.bench.auto_report import AUTO_KEYS, auto_rows
 from emergeinit.bench.config import task_spec
 from emergeinit.bench.records import (
     OUTCOMES, accuracy, classify_run, group_records, init_label, latest_records, log10_emergence, record_config,
@@ -25,7 +26,7 @@ from emergeinit.bench.records import (
 )
 
 __all__ = ["mean_std", "markdown_table", "bold_best", "paired_interval", "t_quantile", "image_report",
-           "image_cells", "Cell", "paired_deltas", "Delta", "model_label"]
+           "image_cells", "Cell", "paired_deltas", "Delta", "model_label", "auto_section"]
 
 
 def mean_std(values: Sequence[float], digits: int = 1) -> str:
@@ -366,6 +367,9 @@ def image_report(records: Iterable[Mapping[str, Any]], out_dir: Union[str, Path]
             parts.append(_table(cells, rows, cols, "acc_best", 1, True) + "\n")
         parts.append("### log10 E at init\n")
         parts.append(_table(cells, rows, cols, "log10_e", 2, False, outcomes=False) + "\n")
+        auto = auto_section(recs)
+        if auto:
+            parts.append(auto)
     if not parts:
         parts.append("No image records.\n")
     naming = lambda r: names.get(id(r)) or plots.default_naming(r)  # noqa: E731
@@ -384,3 +388,44 @@ def _heat_cell(d: Delta) -> Dict[str, Any]:
     row = init_label({**d.cell.config, "init_options": options}) + (f" · {d.cell.suffix}" if d.cell.suffix else "")
     return {"panel": d.col, "row": row, "alpha": alpha, "mean": mean, "low": lo, "high": hi,
             "pairs": len(d.diffs), "counts": d.counts}
+
+
+# ------------------------------------------------------------------------ alpha: auto vs its base
+
+def _mean(values: Iterable[float]) -> str:
+    vals = list(values)
+    return f"{sum(vals) / len(vals):.1f}" if vals else "—"
+
+
+def auto_section(records: Iterable[Mapping[str, Any]]) -> str:
+    """Markdown: model × base options × what auto picked × Acc_1 against the base, paired by seed."""
+    rows = auto_rows(records)
+    if not rows:
+        return ""
+    table = []
+    for row in rows:
+        cfg = row["config"]
+        base_opts = {k: v for k, v in (cfg.get("init_options") or {}).items() if k not in AUTO_KEYS}
+        picks: Dict[str, int] = {}
+        for p in row["picks"]:
+            picks[p] = picks.get(p, 0) + 1
+        diff = row["difference"]
+        verdict = {True: "yes", False: "**no**", None: "—"}[row["never_worse"]]
+        gains = "; ".join(f"{label}: {iv}" for label, iv in row["gains"]) or "none shown"
+        taken = {True: "yes", False: "**no**", None: "—"}[row["gain_taken"]]
+        table.append([
+            cfg.get("model"), (", ".join(f"{k}={v}" for k, v in sorted(base_opts.items())) or "default")
+            + f" ({row['base_row']} row)",
+            "; ".join(f"{k} ×{n}" for k, n in picks.items()) or "—",
+            f"{_mean(row['base'].values())} (n={len(row['base'])})",
+            f"{_mean(row['auto'].values())} (n={len(row['auto'])})",
+            str(diff) if diff else "—", verdict, gains, taken,
+            f"{row['cost']:.1%}" if row["cost"] is not None else "—",
+        ])
+    header = ["model", "base", "auto picked (seeds)", "Acc_1 base", "Acc_1 auto", "auto − base, paired [95%]",
+              "never worse", "fixed α that gain (paired vs base)", "α > 1 where a gain", "probe cost (of an epoch)"]
+    return ("### alpha: auto against its base init (Acc_1, %)\n\n"
+            "Pairs are seeds of the same config; the base is `init_options.alpha: 1` with the same base "
+            "options. *Never worse*: the paired 95% interval includes 0 or lies above it. *Fixed α that "
+            "gain*: runs of a numeric α in the same config whose paired interval lies above 0.\n\n"
+            + markdown_table(header, table) + "\n")

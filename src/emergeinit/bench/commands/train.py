@@ -27,6 +27,11 @@ _FLAGS = {
 _UNSET = object()  # default of the flags whose "none" is a value of its own (base_init, classifier_init)
 
 
+def _alpha(text: str) -> object:
+    """A number, or "auto"."""
+    return text if text == "auto" else float(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=["table1", "seed"], help="hyperparameter set (default table1)")
     parser.add_argument("--model", help="mlp, vgg11/13/16/19[_bn], resnet20/32/44/56/110[_bn]")
@@ -38,9 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "method's own draw, as before this option)")
     parser.add_argument("--classifier-init", type=_classifier, default=_UNSET, metavar="{kaiming,torch,STD}",
                         help="redraw the base's classifier: Kaiming fan_in, nn.Linear's default, or N(0, STD²)")
-    parser.add_argument("--alpha", type=float, help="emergence: the factor α of eq 8")
+    parser.add_argument("--alpha", type=_alpha, help="emergence: the factor α of eq 8, or 'auto' "
+                        "(chosen by short probes on training batches: emergeinit.choose_init)")
     parser.add_argument("--schedule", choices=["literal", "normalized"], help="emergence: exponent schedule")
-    parser.add_argument("--scope", choices=["global", "blockwise"], help="emergence: over the net or per block")
+    parser.add_argument("--scope", choices=["global", "blockwise", "graph"],
+                        help="emergence: over the net, per block, or by depth in the layer graph")
     parser.add_argument("--base", help="emergence: its own base draw (kaiming, xavier; keep or none: no "
                                        "draw); only with --base-init none, else the protocol's base is its base")
     parser.add_argument("--seed", type=int)
@@ -74,16 +81,16 @@ def _classifier(text: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The run config the flags describe, resolved with the protocol's defaults."""
-    from emergeinit.bench.config import resolve_config
+    from emergeinit.bench.config import resolve_config, set_dotted
     from emergeinit.bench.grid import apply_sets
 
     config: Dict[str, Any] = {"task": "image"}
     for flag, key in _FLAGS.items():
         value = getattr(args, flag)
         if value is not _UNSET and (value is not None or flag in ("base_init", "classifier_init")):
-            config[key] = value
-    if config.get("init_options.base") == "none":  # the flag's word for base=None (scale the current weights)
-        config["init_options.base"] = None
+            set_dotted(config, key, value)  # nested at once: --set init_options.x=... adds to --alpha's dict
+    if (config.get("init_options") or {}).get("base", "") == "none":  # the flag's word for base=None
+        config["init_options"]["base"] = None
     if args.download:
         config["download"] = True
     (config,) = apply_sets([config], args.set)
