@@ -89,16 +89,16 @@ def test_probe_plan_fits_the_budget(n, budget, want):
 def test_a_clear_win_is_chosen_with_its_evidence():
     torch.manual_seed(0)
     model = Unbalanced()
-    choice = choose_init(model, batches(40), candidates=[30.0], base=None, budget_unit="steps", epoch_steps=100, budget=0.3,
+    choice = choose_init(model, batches(40), candidates=[30.0], base=None, budget_unit="steps", epoch_steps=100, budget=0.2,
                          optimizer=sgd(0.05))
     assert choice.chosen == Candidate(30.0) and (choice.alpha, choice.schedule, choice.scope) == (30.0, "normalized", "global")
     win = choice.results[1]
     assert win.status == "chosen" and win.difference.high < 0 and win.difference.n == 16 * choice.score_steps
     assert win.last_difference.high < 0 and win.last_difference.n == 16
-    assert choice.results[0].status == "base" and choice.results[0].steps == choice.final_steps == 15
-    assert choice.steps_run == 2 * 15 <= choice.budget_steps and choice.cost_fraction == pytest.approx(0.30)
+    assert choice.results[0].status == "base" and choice.results[0].steps == choice.final_steps == 10
+    assert choice.steps_run == 2 * 10 <= choice.budget_steps and choice.cost_fraction == pytest.approx(0.20)
     d = json.loads(json.dumps(choice.to_dict()))
-    assert d["chosen"]["alpha"] == 30.0 and d["cost"]["steps"] == 30 and len(d["candidates"]) == 2
+    assert d["chosen"]["alpha"] == 30.0 and d["cost"]["steps"] == 20 and len(d["candidates"]) == 2
     assert "α=30 normalized global" in str(choice) and "chosen" in str(choice)
 
 
@@ -379,3 +379,17 @@ def test_no_win_while_the_base_is_still_recovering_from_a_bad_start():
         finalist = _Run(CandidateResult(Candidate(2.0), status="finalist"), per_sample=ahead)
         assert (_decide(base_run, finalist, 2, 0.01, []) == Candidate(2.0)) is chosen
         assert chosen or "bad start corrected" in finalist.result.note
+
+
+def test_a_lead_that_shrinks_over_the_final_is_no_win():
+    from emergeinit.auto import CandidateResult, _decide, _Run
+
+    g = torch.Generator().manual_seed(0)
+    base = [2.0 + 0.1 * torch.randn(64, generator=g) for _ in range(3)]
+    growing = [b - d for b, d in zip(base, (0.2, 0.3, 0.4))]
+    shrinking = [b - d for b, d in zip(base, (0.4, 0.3, 0.2))]
+    for losses, chosen in ((growing, True), (shrinking, False)):
+        finalist = _Run(CandidateResult(Candidate(2.0), status="finalist"), per_sample=losses)
+        picked = _decide(_Run(CandidateResult(BASE), per_sample=base), finalist, 2, 0.01, [], final_stage=3)
+        assert (picked == Candidate(2.0)) is chosen
+        assert chosen or finalist.result.note.startswith("no win: its lead shrank over the final")

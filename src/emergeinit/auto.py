@@ -16,7 +16,8 @@ among them) on deep copies, and keeps the base unless a candidate wins beyond no
 - **Decision.** Per-sample losses of the finalist and the base on the same samples are paired;
   the finalist wins when, over the last ``score_steps`` batches *and* on the last batch alone, the
   95% t interval of the mean difference lies below 0 and the mean gain is at least ``min_gain`` of
-  the base's loss (a lead that fades by the end of the probe is no win). With the default
+  the base's loss, and its lead did not shrink from the first to the last final step (a lead that
+  fades by the end of the probe is no win). With the default
   cross-entropy, when the base starts far above chance (a first loss above 2 ln C for C classes:
   exploding logits) a win also needs its scored loss back below chance (ln C): until then the
   probe sees how fast a bad start is corrected, not learning. Else the base is kept: with
@@ -611,7 +612,7 @@ def choose_init(
             steps_run += _train(base_run, batches, final_steps, loss_fn, clip_grad_norm, devices, step_seconds)
             steps_run += _train(best, batches, final_steps, loss_fn, clip_grad_norm, devices, step_seconds)
             if best.alive:
-                chosen = _decide(base_run, best, score_steps, min_gain, notes)
+                chosen = _decide(base_run, best, score_steps, min_gain, notes, final_steps - screen_steps)
             best.drop()
         base_run.drop()
     results[0].status = "chosen" if chosen.is_base else "base"
@@ -638,10 +639,12 @@ def _win(ours: torch.Tensor, theirs: torch.Tensor, min_gain: float) -> Tuple[Int
     return diff, None
 
 
-def _decide(base: _Run, finalist: _Run, score_steps: int, min_gain: float, notes: List[str]) -> Candidate:
+def _decide(base: _Run, finalist: _Run, score_steps: int, min_gain: float, notes: List[str],
+            final_stage: int = 0) -> Candidate:
     """The finalist when it beats the base beyond noise and by at least ``min_gain`` of the base's
     loss both over the last ``score_steps`` batches (per-sample losses paired) and on the last batch
-    alone (a lead that is fading by the end of the probe is no win); else the base."""
+    alone (a lead that is fading by the end of the probe is no win), and when its lead did not
+    shrink from the first to the last of the ``final_stage`` steps; else the base."""
     theirs = torch.cat(base.per_sample[-score_steps:])
     pooled, why = _win(torch.cat(finalist.per_sample[-score_steps:]), theirs, min_gain)
     last, why_last = _win(finalist.per_sample[-1], base.per_sample[-1], min_gain)
@@ -650,6 +653,11 @@ def _decide(base: _Run, finalist: _Run, score_steps: int, min_gain: float, notes
     if why is None and base.chance is not None and start > 2 * base.chance and float(theirs.mean()) >= base.chance:
         why = (f"the base started far above chance ({start:.3g} > 2 ln C = {2 * base.chance:.3g}) and is still "
                f"above it ({float(theirs.mean()):.3g}): the probe saw a bad start corrected, not learning")
+    stage = zip(finalist.per_sample[-final_stage:], base.per_sample[-final_stage:]) if final_stage >= 2 else ()
+    gains = [float((b.double() - f.double()).mean()) for f, b in stage]
+    if why is None and why_last is None and len(gains) >= 2 and gains[-1] < gains[0]:
+        why = (f"its lead shrank over the final ({gains[0]:.3g} -> {gains[-1]:.3g} nats): a lead that fades within "
+               "a few steps did not last the epoch in our checks")
     if why is None and why_last is None:
         finalist.result.status = "chosen"
         return finalist.result.candidate
