@@ -130,7 +130,10 @@ def default_candidates(model: nn.Module, example_input: Any = None) -> List[Cand
     α = 1.5 and 3, blockwise α = 5 and global α = 5 (the paper's value with batch norm). The
     literal schedule is left out: α^±8 on a 17-layer net did not train in any of our runs."""
     layers = find_weight_layers(model, example_input)
-    has_blocks = bool(find_blocks(model, layers))
+    try:
+        has_blocks = bool(find_blocks(model, layers, example_input=example_input))
+    except ValueError:  # no default blocks (it says what it looked for)
+        has_blocks = False
     with warnings.catch_warnings():  # an untraceable model is a chain here: no graph candidate
         warnings.simplefilter("ignore")
         has_skips = not layer_graph(model, example_input).is_chain()
