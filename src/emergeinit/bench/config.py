@@ -29,6 +29,9 @@ __all__ = [
     "Task",
     "SHARED",
     "TRANSLATION_INITS",
+    "COMPILE_MODES",
+    "OPTIMIZER_IMPLS",
+    "IMAGE_SPEED_KEYS",
     "resolve_config",
     "canonical_keys",
     "run_id",
@@ -74,7 +77,14 @@ SHARED: Dict[str, Any] = {
     "cpu_threads": None,          # torch CPU threads during the run (restored after); None: unchanged
     "amp": False,                 # bf16 autocast on CUDA (no loss scaling needed)
     "nan_check_every": 20,        # steps between divergence checks (each one syncs the device)
+    "optimizer_impl": None,       # None (torch's choice) | for_loop | foreach | fused (a speed key)
 }
+
+# values of the ``compile`` key: True is torch.compile's default mode; the modes with CUDA graphs
+# ("reduce-overhead", "max-autotune") only use them on CUDA
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZER_IMPLS = (None, "for_loop", "foreach", "fused")
+IMAGE_SPEED_KEYS = ("optimizer_impl", "compile", "cudnn_benchmark")
 
 IMAGE: Dict[str, Any] = {
     **SHARED,
@@ -92,6 +102,7 @@ IMAGE: Dict[str, Any] = {
     "emergence_batch_size": 256,  # E at init is measured on this many training images
     "emergence_threshold": None,  # None: measure_emergence's own default
     "emergence_training": None,   # E in train mode (batch statistics)? None: yes for BN nets only
+    "init_iterations": None,      # iterations of metainit/gradinit; None: the method's own (the papers')
     "extra_epoch": None,          # None | "const" | "warmup": one epoch before the measured ones
     "batch_size": 128,
     "eval_batch_size": 1000,
@@ -108,6 +119,9 @@ IMAGE: Dict[str, Any] = {
     "cutout": 0,                  # side of the cutout square (pixels); 0: off
     "loss_points": 20,            # training-loss curve points kept per epoch (Fig 2)
     "channels_last": False,       # channels_last memory format for conv nets on CUDA
+    # speed keys (left out of run ids: they change rounding, not what is computed; see tests)
+    "compile": False,             # torch.compile the training and evaluation forward: False | True | a mode
+    "cudnn_benchmark": False,     # let cuDNN time its conv algorithms (CUDA; restored after the run)
 }
 
 # Bases (``base_init``): what every row of a protocol starts from, so that a row's difference from
@@ -175,6 +189,7 @@ TRANSLATION: Dict[str, Any] = {
     "bleu_beam": 5,               # 1: greedy
     "len_penalty": 1.0,
     "bleu_max_sentences": None,   # score the first N sentences of bleu_split only
+    "decode_max_tokens": None,    # source tokens × beam per decoding batch; None: max_tokens
     "measure_emergence": True,    # E at init on one training batch
     "cache_dir": ".cache/emergeinit/translation",  # sentencepiece models, by hash of their input
 }
@@ -200,6 +215,7 @@ def _check_choice(config: Mapping[str, Any], key: str, allowed: Tuple[Any, ...])
 
 
 def _finish_image(config: Dict[str, Any]) -> None:
+    _check_choice(config, "compile", COMPILE_MODES)
     if config["clip_grad_norm"] == "no_bn":
         config["clip_grad_norm"] = None if has_batch_norm(config["model"]) else 1.0
     if config["schedule_epochs"] is None:
@@ -280,11 +296,11 @@ class Task:
 
 TASKS: Dict[str, Task] = {
     "image": Task("emergeinit.bench.image:run", IMAGE, IMAGE_PROTOCOLS,
-                  ("data_dir", "download", "cpu_threads"), _finish_image,
+                  ("data_dir", "download", "cpu_threads", *IMAGE_SPEED_KEYS), _finish_image,
                   "emergeinit.bench.image:check_init", {"base_init": None}),
     "translation": Task("emergeinit.bench.translation.train:run", TRANSLATION, TRANSLATION_PROTOCOLS,
-                        ("data_dir", "cache_dir", "cpu_threads"), _finish_translation,
-                        "emergeinit.bench.translation.train:check_init"),
+                        ("data_dir", "cache_dir", "cpu_threads", "optimizer_impl", "decode_max_tokens"),
+                        _finish_translation, "emergeinit.bench.translation.train:check_init"),
 }
 
 
@@ -354,6 +370,7 @@ def resolve_config(config: Mapping[str, Any], *, task: Optional[str] = None) -> 
             resolved[key] = value
     if not resolved["clip_grad_norm"]:  # 0 and None both mean no clipping: store one of them
         resolved["clip_grad_norm"] = None
+    _check_choice(resolved, "optimizer_impl", OPTIMIZER_IMPLS)
     spec.finish(resolved)
     return resolved
 

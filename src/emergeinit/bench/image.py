@@ -24,7 +24,8 @@ from emergeinit.bench import augment, ddp
 from emergeinit.bench.config import check_base_use, has_batch_norm, is_base_row, resolve_config
 from emergeinit.bench.data import ImageData, load_dataset
 from emergeinit.bench.env import device_name
-from emergeinit.bench.loop import autocast, cpu_threads, pick_device, step_budget, train_steps
+from emergeinit.bench.loop import (autocast, compiled, optimizer_options, pick_device, run_settings, step_budget,
+                                   train_steps, uses_cudagraphs)
 from emergeinit.distributed import initialize_
 from emergeinit.models import build_model
 from emergeinit.schedules import positive_number
@@ -36,6 +37,7 @@ __all__ = ["run", "train_epoch", "evaluate", "make_optimizer", "lr_batch", "prep
 DATA_INITS = tuple(sorted(DATA_METHODS))  # inits that look at a batch of data
 _INIT_STREAM = 0x9E3779B97F4A7C15  # offset of the init batches' seed from the training seed
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_ITERATIONS_OPTION = {"metainit": "steps", "gradinit": "iters"}  # what ``init_iterations`` sets
 
 
 def make_optimizer(model: nn.Module, config: Mapping[str, Any],
@@ -66,13 +68,14 @@ def make_optimizer(model: nn.Module, config: Mapping[str, Any],
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": norm_wd})
     name = config["optimizer"]
+    impl = optimizer_options(config.get("optimizer_impl"))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]),
-                               nesterov=bool(config["nesterov"]))
+                               nesterov=bool(config["nesterov"]), **impl)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, **impl)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **impl)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -116,6 +119,22 @@ def epoch_steps(config: Mapping[str, Any], train_size: int) -> int:
     return step_budget(math.ceil(train_size / int(config["batch_size"])), max_epoch_steps=config["max_epoch_steps"])
 
 
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss; module-level so torch.compile's code for it serves every run."""
+    return F.cross_entropy(model(x), y)
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def _maybe_compiled(fn: Callable[..., torch.Tensor], config: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
+    """``fn`` compiled as ``config["compile"]`` asks (static shapes: a batch size compiles once),
+    else ``fn`` itself."""
+    mode = config.get("compile")
+    return compiled(fn, mode, False) if mode else fn
+
+
 def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimizer,
                 config: Mapping[str, Any], *, lr_factor: Callable[[int], float], step0: int,
                 generator: Optional[torch.Generator], steps: Optional[int] = None,
@@ -132,15 +151,19 @@ def train_epoch(model: nn.Module, data: ImageData, optimizer: torch.optim.Optimi
     batches = ranks.shard((prepare_batch(data, x_all[idx], config, generator), y_all[idx])
                           for idx in perm.split(bs))
 
+    step_loss = _maybe_compiled(_loss, config)
+    graphs = uses_cudagraphs(config.get("compile"), x_all.device)
+
     def loss_fn(batch: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        loss = F.cross_entropy(model(batch[0]), batch[1])
-        return loss, loss.detach()
+        loss = step_loss(model, batch[0], batch[1])
+        return loss, (loss.detach().clone() if graphs else loss.detach())  # the next replay overwrites it
 
     base_lr = float(config["lr"])
     out = train_steps(optimizer, batches, ranks.loss(loss_fn), total=total,
                       lr_at=lambda s: base_lr * lr_factor(s), step0=step0,
                       clip_grad_norm=config.get("clip_grad_norm"), amp=bool(config.get("amp")),
-                      device=x_all.device, check_every=config.get("nan_check_every") or 1, progress=progress)
+                      device=x_all.device, check_every=config.get("nan_check_every") or 1, progress=progress,
+                      mark_steps=graphs)
     kept = out.values[:out.diverged_at] if out.diverged_at is not None else out.values
     points = max(1, int(config.get("loss_points") or 1))
     chunks = torch.tensor_split(kept.float().cpu(), min(points, max(1, kept.numel()))) if kept.numel() else []
@@ -163,11 +186,15 @@ def evaluate(model: nn.Module, data: ImageData, config: Mapping[str, Any]) -> Tu
     loss_sum = torch.zeros((), device=device)
     n = data.test_x.shape[0]
     bs = int(config["eval_batch_size"])
+    forward = _maybe_compiled(_logits, config)
+    graphs = uses_cudagraphs(config.get("compile"), device)
     for i in range(0, n, bs):
         x = prepare_batch(data, data.test_x[i:i + bs], config, None, train=False)
         y = data.test_y[i:i + bs]
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(bool(config.get("amp")), device):
-            out = model(x).float()
+            out = forward(model, x).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     return 100.0 * correct.item() / n, loss_sum.item() / n
@@ -294,6 +321,8 @@ def _method(model: nn.Module, config: Mapping[str, Any], options: Dict[str, Any]
         options.setdefault("data", _init_batches(data, config, generator))
         if config["init"] != "lsuv":
             options.setdefault("loss_fn", nn.CrossEntropyLoss())
+    if config.get("init_iterations") is not None and config["init"] in _ITERATIONS_OPTION:
+        options.setdefault(_ITERATIONS_OPTION[config["init"]], int(config["init_iterations"]))
     if config["init"] == "gradinit" and "lr" not in options and "arch" not in options:
         from emergeinit.baselines import GRADINIT_LR
 
@@ -378,7 +407,7 @@ def _finite(value: Optional[float]) -> Optional[float]:
 def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Train one image configuration; return the task part of its record (see module doc)."""
     config = resolve_config(config, task="image")
-    with cpu_threads(config["cpu_threads"]):
+    with run_settings(config):
         return _run(config, progress)
 
 
@@ -402,6 +431,28 @@ def init_model(config: Mapping[str, Any], data: ImageData,
     return model, _initialize(model, config, data, init_generator(seed, device) if own_stream else generator)
 
 
+# compiled runs train one module per structure in a process (see _training_module)
+_TRAINING_MODULES: Dict[str, nn.Module] = {}
+
+
+def _training_module(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
+    """The module a run trains. Eager: ``model``. Compiled: this process's module of the same
+    structure, given ``model``'s parameters and buffers, so its compiled code and CUDA graphs
+    (which hold parameter addresses) are reused by every run of that shape instead of recorded
+    again; the first run of a shape keeps its own ``model`` for that."""
+    if not config.get("compile"):
+        return model
+    shapes = [(k, tuple(v.shape), str(v.dtype), str(v.device), v.is_contiguous(memory_format=torch.channels_last))
+              for k, v in model.state_dict().items()]
+    key = repr((type(model).__qualname__, shapes))
+    kept = _TRAINING_MODULES.setdefault(key, model)
+    if kept is not model:
+        kept.load_state_dict(model.state_dict())
+        for p in kept.parameters():
+            p.grad = None
+    return kept
+
+
 def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     device = pick_device(config["device"])
     generator = torch.Generator(device=device).manual_seed(int(config["seed"]))
@@ -420,6 +471,7 @@ def _run(config: Dict[str, Any], progress: bool) -> Dict[str, Any]:
         emergence = None
         extra["emergence_error"] = f"{type(err).__name__}: {err}"
 
+    model = _training_module(model, config)
     optimizer = make_optimizer(model, config, lr_batch(config, data))
     if config.get("layerwise_lr"):
         extra["lr_scales"] = {g["name"]: g["lr_scale"] for g in optimizer.param_groups}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import emergeinit as ei
 from emergeinit.bench.config import resolve_config
 from emergeinit.bench.env import device_name
-from emergeinit.bench.loop import cpu_threads, pick_device, step_budget, train_steps
+from emergeinit.bench.loop import optimizer_options, pick_device, run_settings, step_budget, train_steps
 from emergeinit.models.transformer import Seq2SeqTransformer
 
 from .data import load_corpus
@@ -165,7 +165,7 @@ def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     far are kept.
     """
     cfg = resolve_config(config, task="translation")
-    with cpu_threads(cfg["cpu_threads"]):
+    with run_settings(cfg):
         return _run(cfg, progress)
 
 
@@ -184,7 +184,8 @@ def _run(cfg: Dict[str, Any], progress: bool) -> Dict[str, Any]:
     emergence, emergence_error = _measure(model, (example.src, example.tgt_in), cfg)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                                  eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+                                  eps=cfg["eps"], weight_decay=cfg["weight_decay"],
+                                  **optimizer_options(cfg["optimizer_impl"]))
     epochs: List[Dict[str, Any]] = []
     diverged, step, train_s, eval_s = False, 0, 0.0, 0.0
     samples: List[Tuple[str, str, str]] = []
