@@ -6,8 +6,12 @@ skipping configs whose :func:`~emergeinit.bench.config.run_id` already has a fin
 (``ok`` or ``diverged``; ``error`` runs are retried).
 
 The executor is the only seam between a grid and where its runs happen: anything with
-``map(fn, configs) -> iterable of records`` (in the order it likes) will do, e.g. a process or
-cluster pool; records are written here, by the caller, as they come back.
+``map(fn, configs) -> iterable of records`` (in the order it likes) will do, e.g. worker
+processes (:class:`emergeinit.bench.pool.ProcessExecutor`) or a cluster
+(:class:`emergeinit.bench.ray_executor.RayExecutor`); records are written here, by the caller,
+as they come back. Configs are handed over lazily: an executor that takes the next one only when
+it can start it (``takes_configs_lazily``) never starts a run after a part's deadline and lets the
+runs in flight finish.
 """
 
 from __future__ import annotations
@@ -104,6 +108,8 @@ def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, An
 class InProcessExecutor:
     """Runs each config in this process, one after another, yielding records as they finish."""
 
+    takes_configs_lazily = True
+
     def map(self, fn: Callable[[Dict[str, Any]], Dict[str, Any]],
             configs: Sequence[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         for config in configs:
@@ -117,8 +123,11 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
     """Run every config of a grid that has no finished record in ``results``, appending each
     record as it comes back; the pending configs are checked first (:func:`check_configs`), so an
     invalid one stops the grid before any run. Returns counts: total, skipped (already done), run,
-    ok, diverged, error. ``limit`` caps how many pending runs start; ``stop_after_s``: start no run after that
-    many seconds (with the in-process executor), so a time-boxed part ends cleanly."""
+    ok, diverged, error. ``limit`` caps how many pending runs start; ``stop_after_s``: start no run
+    after that many seconds, so a time-boxed part ends cleanly (an executor that takes every config
+    at once is closed at the first record after the deadline, cancelling its other runs). Each run
+    draws its own progress bars unless the executor's ``shows_run_progress`` is False (worker
+    processes); the grid's bar is drawn here."""
     t0 = time.perf_counter()
     unique: Dict[str, Dict[str, Any]] = {}
     for c in configs:
@@ -137,8 +146,20 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(pending), desc="grid", unit="run")
+
+    def late() -> bool:
+        return stop_after_s is not None and time.perf_counter() - t0 > stop_after_s
+
+    def in_time() -> Iterator[Dict[str, Any]]:
+        for config in pending:
+            if late():
+                return
+            yield config
+
+    lazy = getattr(executor, "takes_configs_lazily", False)
+    run_progress = progress and getattr(executor, "shows_run_progress", True)
     try:
-        for record in executor.map(functools.partial(execute, progress=progress), pending):
+        for record in executor.map(functools.partial(execute, progress=run_progress), in_time()):
             append_record(results, record)
             counts["run"] += 1
             counts[record["status"]] += 1
@@ -148,7 +169,7 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
                 bar.update(1)
                 bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], error=counts["error"],
                                 refresh=False)
-            if stop_after_s is not None and time.perf_counter() - t0 > stop_after_s:
+            if not lazy and late():
                 break
     finally:
         if bar is not None:

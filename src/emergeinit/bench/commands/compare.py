@@ -27,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
     ray = parser.add_argument_group("where runs happen")
     ray.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="local: one run after another in this process; ray: each run a Ray task "
+                     help="local: in this process, or in --jobs worker processes; ray: each run a Ray task "
                           "(this machine, or a cluster with --address); pip install 'emergeinit[ray]'")
+    ray.add_argument("--jobs", type=int, default=1, metavar="K",
+                     help="local: run K configs at once, each in a worker process (several runs share one "
+                          "GPU); this process alone writes the records")
     ray.add_argument("--address", help="ray: the cluster to join (auto, host:6379, ray://host:10001); "
                                        "default: a cluster started on this machine, else a new local one")
     ray.add_argument("--gpus-per-run", type=float, default=0.0,
@@ -41,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _executor(args: argparse.Namespace) -> Any:
     """The executor the flags ask for (None: run_grid's in-process default)."""
     if args.executor == "local":
-        return None
+        if args.jobs <= 1:
+            return None
+        from emergeinit.bench.pool import ProcessExecutor
+
+        return ProcessExecutor(args.jobs)
     from emergeinit.bench.ray_executor import RayExecutor
 
     return RayExecutor(args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
