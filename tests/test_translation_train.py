@@ -44,6 +44,7 @@ def test_run_returns_a_record_task_part(tmp_path):
     assert out["diverged"] is False and out["device"].startswith("cpu")
     for e in out["epochs"]:
         assert set(e) >= {"epoch", "train_loss", "valid_loss", "bleu", "lr", "updates"}
+        assert min(e["epoch_train_s"], e["valid_s"], e["bleu_s"]) > 0
         assert e["lr"] == pytest.approx(inverse_sqrt_lr(e["updates"], 5e-3, 3))
         assert math.isfinite(e["valid_loss"]) and 0.0 <= e["bleu"] <= 100.0
     assert out["epochs"][1]["train_loss"] < out["epochs"][0]["train_loss"]

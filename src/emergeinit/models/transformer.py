@@ -12,14 +12,15 @@ the T-Fixup paper does.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Attention", "FeedForward", "EncoderLayer", "DecoderLayer", "Seq2SeqTransformer",
-           "sinusoidal_positions"]
+           "DecoderState", "sinusoidal_positions"]
 
 
 class Attention(nn.Module):
@@ -38,15 +39,28 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.size(0), x.size(1), self.heads, -1).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``mask``: bool, True where a query may attend a key, broadcastable to [B, H, Tq, Tk]."""
-        kv = x if memory is None else memory
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+    def keys_values(self, kv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``kv`` [B, T, D], split into heads: [B, H, T, D/H] each."""
+        return self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Queries from ``x`` [B, Tq, D] attend keys/values already projected (:meth:`keys_values`)."""
+        return self._attend(self._split(self.q_proj(x)), k, v, mask, x.shape)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                shape: torch.Size) -> torch.Tensor:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape))
+        return self.out_proj(out.transpose(1, 2).reshape(shape))
+
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask``: bool, True where a query may attend a key, broadcastable to [B, H, Tq, Tk]."""
+        q = self._split(self.q_proj(x))  # q, k, v in this order: the order the initializers trace
+        k, v = self.keys_values(x if memory is None else memory)
+        return self._attend(q, k, v, mask, x.shape)
 
 
 class FeedForward(nn.Module):
@@ -109,6 +123,37 @@ class DecoderLayer(nn.Module):
         y = self.self_attn_norm(y + self.dropout(self.self_attn(y, mask=self_mask)))
         y = self.cross_attn_norm(y + self.dropout(self.cross_attn(y, memory, mask=memory_mask)))
         return self.ffn_norm(y + self.dropout(self.ffn(y)))
+
+    def step(self, y: torch.Tensor, state: "DecoderState", index: int) -> torch.Tensor:
+        """:meth:`forward` for the newest position only (``y`` [B, 1, D]), this layer's
+        self-attention keys/values so far and its cross-attention ones in ``state``."""
+        k, v = self.self_attn.keys_values(y)
+        if state.self_kv[index] is not None:
+            k_old, v_old = state.self_kv[index]
+            k, v = torch.cat([k_old, k], dim=2), torch.cat([v_old, v], dim=2)
+        state.self_kv[index] = (k, v)
+        y = self.self_attn_norm(y + self.dropout(self.self_attn.attend(y, k, v)))
+        k_mem, v_mem = state.cross_kv[index]
+        y = self.cross_attn_norm(y + self.dropout(self.cross_attn.attend(y, k_mem, v_mem, state.memory_mask)))
+        return self.ffn_norm(y + self.dropout(self.ffn(y)))
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding keeps between steps: per decoder layer the self-attention keys and
+    values of the positions so far (grown each step) and the cross-attention ones of the encoder
+    states (computed once), the memory mask, and how many positions have been decoded."""
+
+    cross_kv: List[Tuple[torch.Tensor, torch.Tensor]]
+    self_kv: List[Optional[Tuple[torch.Tensor, torch.Tensor]]]
+    memory_mask: torch.Tensor
+    length: int = 0
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the decoded prefixes of ``rows`` (beam search); the rows must come from the same
+        sentence as their new places, whose encoder keys and values therefore stay."""
+        self.self_kv = [None if kv is None else (kv[0].index_select(0, rows), kv[1].index_select(0, rows))
+                        for kv in self.self_kv]
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -193,9 +238,30 @@ class Seq2SeqTransformer(nn.Module):
         y = self._embed(self.tgt_embed, tgt_in)
         for layer in self.decoder_layers:
             y = layer(y, memory, causal, memory_mask)
+        return self._output(y)
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
         if self.output_proj is None:
             return F.linear(y, self.tgt_embed.weight)
         return self.output_proj(y)
+
+    def start_decoding(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> DecoderState:
+        """The state of incremental decoding (:meth:`decode_step`) for encoder states ``memory``:
+        each layer's cross-attention keys and values are computed here, once per sentence."""
+        cross = [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers]
+        return DecoderState(cross, [None] * len(self.decoder_layers), memory_mask)
+
+    def decode_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Logits [B, V] of the next token after ``tokens`` [B] (the newest of each prefix), the
+        earlier ones being in ``state``: :meth:`decode`'s last position, computed for that position
+        alone (cached self-attention keys/values, no causal mask needed)."""
+        t = state.length
+        y = self.tgt_embed(tokens[:, None]) * self.embed_scale + self.positions.narrow(0, t, 1)
+        y = self.dropout(y)
+        for index, layer in enumerate(self.decoder_layers):
+            y = layer.step(y, state, index)
+        state.length = t + 1
+        return self._output(y)[:, 0]
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, mask = self.encode(src)

@@ -109,7 +109,8 @@ def _bleu(model, sp, pairs, config, device) -> Tuple[float, List[str]]:
     pairs = pairs[: config["bleu_max_sentences"]] if config["bleu_max_sentences"] else pairs
     hyps = translate(
         model, sp, [p[0] for p in pairs], beam=config["bleu_beam"], len_penalty=config["len_penalty"],
-        max_tokens=config["max_tokens"], max_len=config["max_len"], device=device,
+        max_tokens=config["decode_max_tokens"] or config["max_tokens"], max_len=config["max_len"], device=device,
+        amp=config["amp"],
     )
     return corpus_bleu(hyps, [p[1] for p in pairs]), hyps
 
@@ -161,7 +162,8 @@ def run(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
 
     Each epoch entry: epoch, train_loss (label-smoothed, per token), train_nll, valid_loss (NLL per
     token, nats), bleu (sacrebleu on ``bleu_split``), lr, updates (steps so far), train_s
-    (cumulative). A non-finite training loss stops the run with ``diverged=True``; the epochs so
+    (cumulative), and this epoch's seconds of training, validation and BLEU (epoch_train_s,
+    valid_s, bleu_s). A non-finite training loss stops the run with ``diverged=True``; the epochs so
     far are kept.
     """
     cfg = resolve_config(config, task="translation")
@@ -193,19 +195,22 @@ def _run(cfg: Dict[str, Any], progress: bool) -> Dict[str, Any]:
         t0 = time.perf_counter()
         stats = _train_epoch(model, optimizer, train_ex, cfg, epoch, step0=step, device=device, progress=progress)
         step += stats["steps"]
-        train_s += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        train_s += t1 - t0
         if stats["diverged"]:
             diverged = True
             break
-        t1 = time.perf_counter()
         valid_loss = evaluate_nll(model, valid_ex, cfg["max_tokens"], device)
         bleu_pairs = corpus.split(cfg["bleu_split"])
+        t2 = time.perf_counter()
         bleu, hyps = _bleu(model, sp, bleu_pairs, cfg, device)
         samples = [(p[0], p[1], h) for p, h in zip(bleu_pairs[:3], hyps[:3])]
-        eval_s += time.perf_counter() - t1
+        t3 = time.perf_counter()
+        eval_s += t3 - t1
         epochs.append({
             "epoch": epoch, "train_loss": stats["train_loss"], "train_nll": stats["train_nll"],
             "valid_loss": valid_loss, "bleu": bleu, "lr": stats["lr"], "updates": step, "train_s": train_s,
+            "epoch_train_s": t1 - t0, "valid_s": t2 - t1, "bleu_s": t3 - t2,
         })
         if progress:
             print(f"[{cfg['init']}] epoch {epoch}: train {stats['train_loss']:.3f} "
