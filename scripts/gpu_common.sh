@@ -5,7 +5,8 @@
 #   * time-boxed: no run starts after $MAX_MINUTES, and the whole part is interrupted after
 #     $PART_SECONDS (default 540 = 9 min); records are written whole, one line each, so the next
 #     call of the same part resumes with what is missing (a run cut off is run again);
-#   * it ends by printing how many runs are done / still to do, and rewriting the report.
+#   * it ends by printing how many of its runs are done, failed (error records: run again by the
+#     next call; the report lists them) and still to do, and rewriting the report.
 #
 # SMOKE=1 runs the same code path on the CPU at tiny sizes (a few steps per run, into $SMOKE_DIR),
 # so a script can be checked where there is no GPU (tests/test_gpu_scripts.py does).
@@ -56,7 +57,7 @@ gpu_part() {
     "${where[@]}" "$@" || status=$?
   echo "[part] $(basename "$config") $*: exit $status; runs in this part:"
   "$PYTHON" -m emergeinit.cli compare --config "$config" --results "$results" "${where[@]}" "$@" --dry-run \
-    | awk '{n[$2]++} END {printf "  done %d, todo %d\n", n["done"], n["todo"]}'
+    | awk '{n[$2]++} END {printf "  done %d, error %d (run again by the next call), todo %d\n", n["done"], n["error"], n["todo"]}'
   return $status
 }
 

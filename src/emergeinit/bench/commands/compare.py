@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="start at most this many pending runs")
     parser.add_argument("--max-minutes", type=float,
                         help="start no new run after this many minutes (time-boxed parts; rerun resumes)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs and whether each is done, failed (error: retried) or still to do")
     parser.add_argument("--no-progress", action="store_true")
     ray = parser.add_argument_group("where runs happen")
     ray.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -58,7 +59,7 @@ def _executor(args: argparse.Namespace) -> Any:
 def main(args: argparse.Namespace) -> int:
     from emergeinit.bench.config import resolve_config, run_id
     from emergeinit.bench.grid import apply_sets, filter_configs, load_grid, shard_configs
-    from emergeinit.bench.records import finished_ids
+    from emergeinit.bench.records import finished_ids, read_records, record_id
     from emergeinit.bench.runner import check_configs, run_grid
 
     results = Path(args.results or Path("results") / (Path(args.config).stem + ".jsonl"))
@@ -71,12 +72,14 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as err:
         print(f"emergeinit compare: {err}", file=sys.stderr)
         return 2
-    if args.dry_run:
+    if args.dry_run:  # done; error: tried, failed, run again next time; todo: never tried
         done = finished_ids(results)
+        failed = {record_id(r) for r in read_records(results)} - done
         for rc in resolved:
             i = run_id(rc)
             shown = {k: rc[k] for k in ("model", "init", "init_options", "extra_epoch", "seed") if k in rc}
-            print(f"{i} {'done' if i in done else 'todo'} {json.dumps(shown, sort_keys=True)}")
+            state = "done" if i in done else "error" if i in failed else "todo"
+            print(f"{i} {state} {json.dumps(shown, sort_keys=True)}")
         return 0
     counts = run_grid(configs, results, executor=_executor(args), progress=not args.no_progress,
                       limit=args.limit, stop_after_s=None if args.max_minutes is None else 60 * args.max_minutes)
