@@ -28,13 +28,15 @@ if [ "$SMOKE" = 1 ]; then
   mkdir -p "$SMOKE_DIR"
 fi
 
-# The device and the settings every task shares: bf16 autocast (a no-op on the CPU) and the fused
-# optimizer; smoke mode runs them on the CPU, one thread per run. Task settings are the caller's.
+# The device and the settings every task shares: bf16 autocast (a no-op on the CPU), the fused
+# optimizer, and the CPU cores shared out among the JOBS runs; smoke mode runs them on the CPU, one
+# thread per run. Task settings are the caller's (call this after setting JOBS).
 gpu_device_sets() {
   if [ "$SMOKE" = 1 ]; then
     echo "--set device=cpu --set cpu_threads=1 --set amp=true --set optimizer_impl=fused"
   else
-    echo "--set device=cuda --set amp=true --set optimizer_impl=fused"
+    local threads=$(( $(nproc) / ${JOBS:-1} ))
+    echo "--set device=cuda --set cpu_threads=$(( threads > 0 ? threads : 1 )) --set amp=true --set optimizer_impl=fused"
   fi
 }
 
