@@ -19,17 +19,10 @@ import torch
 from emergeinit.bench.loop import autocast
 
 from . import decode_reference
-from .decode_reference import step_limit, token_log_probs
+from .decode_reference import step_limit, strip_hypothesis, token_log_probs
 from .spm import BOS, EOS, PAD, collate
 
 __all__ = ["greedy_decode", "beam_search", "translate", "corpus_bleu"]
-
-
-def _strip(row: List[int]) -> List[int]:
-    """Token ids up to the first eos, padding dropped."""
-    if EOS in row:
-        row = row[: row.index(EOS)]
-    return [t for t in row if t != PAD]
 
 
 @torch.no_grad()
@@ -49,7 +42,7 @@ def greedy_decode(model, src: torch.Tensor, *, max_len_a: float = 1.2, max_len_b
             break
     if not out:
         return [[] for _ in range(src.shape[0])]
-    return [_strip(row) for row in torch.stack(out, 1).tolist()]
+    return [strip_hypothesis(row) for row in torch.stack(out, 1).tolist()]
 
 
 @torch.no_grad()
@@ -62,14 +55,10 @@ def beam_search(
     max_len_a: float = 1.2,
     max_len_b: int = 10,
 ) -> List[List[int]]:
-    """Batched beam search; returns the best finished hypothesis per sentence (ids, no bos/eos).
-
-    Each step expands every live beam, takes the 2·beam best continuations, finishes those that
-    end in eos *among the top beam* (while the sentence has fewer than ``beam`` finished) and
-    keeps the best ``beam`` others alive; a sentence is done when it has ``beam`` finished
-    hypotheses or none alive (beam 1 is then exactly greedy). At the length limit live beams are
-    finished with an eos. Ties between finished hypotheses go to the one finished first.
-    """
+    """The best finished hypothesis per sentence (ids, no bos/eos) by the rule of
+    :func:`.decode_reference.beam_search` (top 2·beam continuations; eos among the top beam
+    finishes, while the sentence has room; the best ``beam`` others live on; ties go to the
+    hypothesis finished first), incrementally and for the whole batch at once."""
     if beam < 1:
         raise ValueError("beam must be >= 1")
     bsz, device = src.shape[0], src.device
@@ -130,7 +119,7 @@ def beam_search(
         state.reorder(rows)
     best = fin_scores.argmax(1).tolist()  # the first of equal scores: the one finished first
     found = n_fin.tolist()
-    return [_strip(row[j]) if n else [] for row, j, n in zip(fin_tokens.tolist(), best, found)]
+    return [strip_hypothesis(row[j]) if n else [] for row, j, n in zip(fin_tokens.tolist(), best, found)]
 
 
 @torch.no_grad()

@@ -11,13 +11,20 @@ import torch
 
 from .spm import BOS, EOS, PAD
 
-__all__ = ["greedy_decode", "beam_search", "step_limit", "token_log_probs"]
+__all__ = ["greedy_decode", "beam_search", "step_limit", "strip_hypothesis", "token_log_probs"]
 
 
 def step_limit(src: torch.Tensor, max_len_a: float, max_len_b: int) -> int:
     """Decoding steps allowed for a padded source batch: ``a · longest source + b``."""
     src_len = int((src != PAD).sum(1).max())
     return int(max_len_a * src_len + max_len_b)
+
+
+def strip_hypothesis(row: List[int]) -> List[int]:
+    """Decoded token ids up to the first eos, padding dropped."""
+    if EOS in row:
+        row = row[: row.index(EOS)]
+    return [t for t in row if t != PAD]
 
 
 def token_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -46,10 +53,7 @@ def greedy_decode(model, src: torch.Tensor, *, max_len_a: float = 1.2, max_len_b
         done |= nxt == EOS
         if bool(done.all()):
             break
-    out = []
-    for row in tokens[:, 1:].tolist():
-        out.append([t for t in row[: row.index(EOS)] if t != PAD] if EOS in row else [t for t in row if t != PAD])
-    return out
+    return [strip_hypothesis(row) for row in tokens[:, 1:].tolist()]
 
 
 @torch.no_grad()
