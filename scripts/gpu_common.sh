@@ -1,5 +1,5 @@
 # Shared by the scripts that run a grid on one GPU in parts (scripts/gpu_table1.sh,
-# scripts/gpu_table2.sh, ...); source it, never run it. A part is one `emergeinit compare` call:
+# scripts/gpu_table2.sh, scripts/gpu_sensitivity.sh); source it, never run it. A part is one `emergeinit compare` call:
 #
 #   * several runs side by side on the GPU (--jobs $JOBS worker processes; only the driver writes);
 #   * time-boxed: no run starts after $MAX_MINUTES, and the whole part is interrupted after
@@ -12,8 +12,9 @@
 # so a script can be checked where there is no GPU (tests/test_gpu_scripts.py does).
 #
 # Environment: PYTHON (default .venv/bin/python if present, else python3; needs torch, pyyaml,
-# tqdm, matplotlib; sentencepiece and sacrebleu for translation), JOBS, MAX_MINUTES,
-# PART_SECONDS, SEEDS (e.g. "0,1": only these seeds), SMOKE, SMOKE_DIR.
+# tqdm, matplotlib; sentencepiece and sacrebleu for translation), JOBS, MAX_MINUTES (7),
+# PART_SECONDS (540), SEEDS (e.g. "0,1": only these seeds), DATA_DIR, COMPILE (image task), SMOKE,
+# SMOKE_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -38,6 +39,28 @@ gpu_device_sets() {
     local threads=$(( $(nproc) / ${JOBS:-1} ))
     echo "--set device=cuda --set cpu_threads=$(( threads > 0 ? threads : 1 )) --set amp=true --set optimizer_impl=fused"
   fi
+}
+
+# The image task's settings (call after setting JOBS): on the GPU, channels_last, torch.compile
+# with CUDA graphs (COMPILE, default reduce-overhead), cuDNN autotuning and evaluation in batches of
+# 5000; in smoke mode tiny sizes (8 training and 4 test images, batch 2, one step, MetaInit and
+# GradInit one iteration) and no compile unless COMPILE says so (compiling these nets takes
+# minutes on a CPU; tests/test_bench_speed.py checks the compiled path there). Fashion-MNIST-32
+# from DATA_DIR, default data/fashion-mnist when present, else the Debian folder.
+gpu_image_sets() {
+  local compile sets
+  if [ "$SMOKE" = 1 ]; then
+    compile=${COMPILE:-false}
+    sets="--set train_limit=8 --set test_limit=4 --set batch_size=2 --set eval_batch_size=4 --set max_epoch_steps=1"
+    sets+=" --set emergence_batch_size=2 --set init_batch_size=2 --set init_iterations=1"
+  else
+    compile=${COMPILE:-reduce-overhead}
+    sets="--set eval_batch_size=5000"
+  fi
+  local data=${DATA_DIR:-}
+  [ -z "$data" ] && [ -d data/fashion-mnist ] && data=data/fashion-mnist
+  echo "--set dataset=fashion-mnist-32 $(gpu_device_sets) --set channels_last=true --set compile=$compile" \
+       "--set cudnn_benchmark=true $sets${data:+ --set data_dir=$data}"
 }
 
 # Stop early, with a message, when a GPU part is started where torch sees no CUDA device.

@@ -12,11 +12,9 @@
 # Each part runs JOBS (default 4) runs side by side on the GPU, with bf16 autocast, channels_last,
 # torch.compile with CUDA graphs (compiled once per model in each worker, reused by its later
 # runs), the fused optimizer, cuDNN autotuning and evaluation in batches of 5000; it ends with how
-# many runs are done / to do and the report. Runs are seed-major: all cells get seed 0 first, so a
-# grid stopped early has whole seeds. Besides gpu_common.sh's: DATA_DIR (Fashion-MNIST IDX files;
-# default data/fashion-mnist when present, else the Debian folder), RESULTS (default
-# results/table1_fmnist32.jsonl), COMPILE (default reduce-overhead; false in smoke mode: compiling
-# these nets takes minutes on a CPU, and tests/test_bench_speed.py checks the compiled path there).
+# many runs are done / failed / to do and the report. Runs are seed-major: all cells get seed 0
+# first, so a grid stopped early has whole seeds. Environment: gpu_common.sh's, and RESULTS
+# (default results/table1_fmnist32.jsonl).
 set -euo pipefail
 part=${1:?usage: gpu_table1.sh vgg|resnet|resnet_bn|report|stage|smoke}
 [ "$part" = smoke ] && export SMOKE=1
@@ -24,18 +22,12 @@ source "$(dirname "$0")/gpu_common.sh"
 
 if [ "$SMOKE" = 1 ]; then
   RESULTS=${RESULTS:-$SMOKE_DIR/table1_smoke.jsonl}
-  SEEDS=${SEEDS-0} JOBS=${JOBS:-2} COMPILE=${COMPILE:-false}
-  sizes=(--set train_limit=8 --set test_limit=4 --set batch_size=2 --set eval_batch_size=4
-         --set max_epoch_steps=1 --set emergence_batch_size=2 --set init_batch_size=2 --set init_iterations=1)
+  SEEDS=${SEEDS-0} JOBS=${JOBS:-2}
 else
   RESULTS=${RESULTS:-results/table1_fmnist32.jsonl}
-  JOBS=${JOBS:-4} COMPILE=${COMPILE:-reduce-overhead}
-  sizes=(--set eval_batch_size=5000)
+  JOBS=${JOBS:-4}
 fi
-[ -z "${DATA_DIR:-}" ] && [ -d data/fashion-mnist ] && DATA_DIR=data/fashion-mnist
-sets=(--set dataset=fashion-mnist-32 $(gpu_device_sets) --set channels_last=true --set "compile=$COMPILE"
-      --set cudnn_benchmark=true "${sizes[@]}")
-[ -n "${DATA_DIR:-}" ] && sets+=(--set "data_dir=$DATA_DIR")
+read -r -a sets <<< "$(gpu_image_sets)"
 
 table1_part() {
   local where

@@ -84,7 +84,7 @@ SHARED: Dict[str, Any] = {
 # ("reduce-overhead", "max-autotune") only use them on CUDA
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZER_IMPLS = (None, "for_loop", "foreach", "fused")
-IMAGE_SPEED_KEYS = ("optimizer_impl", "compile", "cudnn_benchmark")
+IMAGE_SPEED_KEYS = ("optimizer_impl", "compile", "cudnn_benchmark", "eval_batch_size")
 
 IMAGE: Dict[str, Any] = {
     **SHARED,
