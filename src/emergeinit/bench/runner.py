@@ -159,7 +159,7 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
     lazy = getattr(executor, "takes_configs_lazily", False)
     run_progress = progress and getattr(executor, "shows_run_progress", True)
     try:
-        for record in executor.map(functools.partial(execute, progress=run_progress), in_time()):
+        for record in executor.map(functools.partial(execute, progress=run_progress), in_time() if lazy else pending):
             append_record(results, record)
             counts["run"] += 1
             counts[record["status"]] += 1
