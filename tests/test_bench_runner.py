@@ -105,7 +105,7 @@ def test_resume_after_kill_runs_each_config_once(tmp_path, monkeypatch):
         f.write(b'{"id": "half a rec')
     monkeypatch.setattr(runner, "run_task", fake_task)
     counts = run_grid(configs, results, progress=False)
-    assert counts == {"total": 8, "skipped": 2, "run": 6, "ok": 6, "diverged": 0, "error": 0}
+    assert counts == {"total": 8, "skipped": 2, "run": 6, "ok": 6, "diverged": 0, "refused": 0, "error": 0}
     records = read_records(results)
     assert len(records) == 8 and len({r["id"] for r in records}) == 8
     assert results.read_bytes().endswith(b"\n") and b"half a rec" not in results.read_bytes()
@@ -275,3 +275,36 @@ def test_train_flag_base_none_means_no_base():
     config = config_from_args(parser.parse_args(["--init", "emergence", "--alpha", "2", "--base", "none"]))
     assert config["init_options"] == {"alpha": 2.0, "base": None}
     check_configs([config])  # once "none", a string every run refused
+
+
+def test_an_init_the_dtype_cannot_hold_is_refused_once_not_retried(tmp_path, monkeypatch):
+    import emergeinit as ei
+
+    configs = expand_grid(SPEC)[:2]
+    results = tmp_path / "r.jsonl"
+    calls = []
+
+    def refuses(config, *, progress=True):
+        calls.append(config["seed"])
+        if len(calls) == 1:
+            raise ei.UnrepresentableError("factor 5**-54.5 of conv1.weight underflows to zero in torch.float32")
+        return fake_task(config)
+
+    monkeypatch.setattr(runner, "run_task", refuses)
+    counts = run_grid(configs, results, progress=False)
+    assert (counts["refused"], counts["ok"], counts["error"]) == (1, 1, 0)
+    (refused,) = [r for r in read_records(results) if r["status"] == "refused"]
+    assert refused["outcome"] == "refused" and "underflows" in refused["error"]
+    again = run_grid(configs, results, progress=False)  # finished: the same config refuses every time
+    assert again["run"] == 0 and again["skipped"] == 2 and len(calls) == 2
+
+
+def test_the_core_raises_unrepresentable_for_factors_past_the_dtype():
+    import torch
+    import emergeinit as ei
+
+    net = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(40)])
+    with pytest.raises(ei.UnrepresentableError, match="underflows|subnormal"):
+        ei.emergence_init_(net, alpha=100.0, schedule="literal")
+    with pytest.raises(ValueError):  # still a ValueError for callers that catch those
+        ei.emergence_init_(net, alpha=100.0, schedule="literal")

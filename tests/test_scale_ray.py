@@ -69,7 +69,7 @@ def test_killed_worker_is_an_error_record_and_resume_runs_it_once(local_ray, tmp
     counts = run_grid(configs, results, executor=RayExecutor(runtime_env=WORKER_ENV), progress=False)
     killer.join(timeout=1)
     assert killed, "the hanging run never started"
-    assert counts == {"total": 6, "skipped": 0, "run": 6, "ok": 5, "diverged": 0, "error": 1}
+    assert counts == {"total": 6, "skipped": 0, "run": 6, "ok": 5, "diverged": 0, "refused": 0, "error": 1}
 
     raw = results.read_bytes()
     assert raw.endswith(b"\n") and all(json.loads(line) for line in raw.splitlines())  # whole lines
@@ -87,7 +87,7 @@ def test_killed_worker_is_an_error_record_and_resume_runs_it_once(local_ray, tmp
     assert real["emergence_at_init"]["log10"] > 0 and real["init_record"]["method"] == "emergence"
 
     again = run_grid(configs, results, executor=RayExecutor(runtime_env=WORKER_ENV), progress=False)
-    assert again == {"total": 6, "skipped": 5, "run": 1, "ok": 1, "diverged": 0, "error": 0}
+    assert again == {"total": 6, "skipped": 5, "run": 1, "ok": 1, "diverged": 0, "refused": 0, "error": 0}
     records = read_records(results)
     ok = Counter(r["id"] for r in records if r["status"] == "ok")
     assert len(ok) == 6 and set(ok.values()) == {1}  # every finished run once

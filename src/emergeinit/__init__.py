@@ -48,6 +48,7 @@ _EXPORTS: Dict[str, str] = {
     # baselines, one API
     "initialize": "emergeinit.baselines",
     "NonFiniteError": "emergeinit.trace",
+    "UnrepresentableError": "emergeinit.plan",
     "check_options": "emergeinit.baselines",
     "InitRecord": "emergeinit.baselines",
 }
@@ -74,7 +75,7 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from emergeinit.emergence import LayerGraph, exact_pivot, graph_emergence, layered_emergence, lemma_pivot
     from emergeinit.init import apply_plan_, emergence_init_, encoder_decoder_init_, tfixup_init_
     from emergeinit.layers import WeightLayer, find_blocks, find_weight_layers, register_weight_layer
-    from emergeinit.plan import InitPlan, PlannedLayer, plan_emergence
+    from emergeinit.plan import InitPlan, PlannedLayer, UnrepresentableError, plan_emergence
     from emergeinit.probe import EmergenceReport, LayerActivity, layer_graph, measure_emergence
     from emergeinit.trace import NonFiniteError
     from emergeinit.schedules import alpha_for_lr

@@ -31,7 +31,9 @@ from torch import nn
 from emergeinit import sharding
 from emergeinit.layers import ModuleSpec, NormedWeight, draw_target, packed_qkv_rows, storage_of
 from emergeinit.options import FLAG, POSITIVE, Rule, check_values, one_of, optional
-from emergeinit.plan import InitPlan, PlannedLayer, check_plan_options, plan_emergence, plan_transformer
+from emergeinit.plan import (
+    InitPlan, PlannedLayer, UnrepresentableError, check_plan_options, plan_emergence, plan_transformer,
+)
 from emergeinit.schedules import Schedule
 
 __all__ = [
@@ -239,18 +241,18 @@ def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float]
     info = torch.finfo(w.dtype)
     as_dtype = float(torch.tensor(factor, dtype=torch.float64).to(w.dtype))
     if not math.isfinite(as_dtype):
-        raise ValueError(f"factor {factor:.6g} of {key} overflows {w.dtype} (max {info.max:.6g})")
+        raise UnrepresentableError(f"factor {factor:.6g} of {key} overflows {w.dtype} (max {info.max:.6g})")
     if as_dtype == 0.0:
-        raise ValueError(f"factor {factor:.6g} of {key} underflows to zero in {w.dtype}")
+        raise UnrepresentableError(f"factor {factor:.6g} of {key} underflows to zero in {w.dtype}")
     if peak:
         scaled = peak * factor
         if not scaled < info.max:
-            raise ValueError(
+            raise UnrepresentableError(
                 f"scaling {key} by {factor:.6g} overflows {w.dtype}: its largest weight would be "
                 f"{scaled:.6g} > {info.max:.6g}"
             )
         if scaled < info.tiny:
-            raise ValueError(
+            raise UnrepresentableError(
                 f"scaling {key} by {factor:.6g} underflows {w.dtype}: its largest weight would be "
                 f"{scaled:.6g} < {info.tiny:.6g}"
             )
@@ -258,7 +260,7 @@ def _check_range(key: str, w: torch.Tensor, factor: float, peak: Optional[float]
         what = (f"scaling {key} by {factor:.6g} leaves {underflow:.1%} of its values subnormal or zero in "
                 f"{w.dtype} (below {info.tiny:.3g})")
         if underflow > UNDERFLOW_REFUSE:
-            raise ValueError(f"{what}: refused above {UNDERFLOW_REFUSE:.0%}; use a smaller alpha or a "
+            raise UnrepresentableError(f"{what}: refused above {UNDERFLOW_REFUSE:.0%}; use a smaller alpha or a "
                              "wider dtype")
         warnings.warn(f"{what}: they lose precision", UnderflowWarning, stacklevel=4)
 

@@ -39,6 +39,7 @@ from emergeinit.trace import (
 )
 
 __all__ = [
+    "UnrepresentableError",
     "PlannedLayer",
     "InitPlan",
     "plan_emergence",
@@ -59,6 +60,11 @@ _NORM_TYPES = (
     nn.GroupNorm,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+
+
+class UnrepresentableError(ValueError):
+    """An init whose factor or scaled weights do not fit a tensor's dtype (overflow, or underflow
+    to subnormal or zero): refused before any weight changes. The same config always refuses."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,7 @@ def _factor(alpha: float, exponent: float, key: str) -> float:
     """α**e in float64, or a ValueError when it is not representable there."""
     factor = alpha ** exponent
     if not math.isfinite(factor) or factor == 0.0:
-        raise ValueError(f"factor alpha**e = {alpha}**{exponent} of {key} is not representable in float64")
+        raise UnrepresentableError(f"factor alpha**e = {alpha}**{exponent} of {key} is not representable in float64")
     return factor
 
 

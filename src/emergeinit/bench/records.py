@@ -42,7 +42,7 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 Key = Union[str, Callable[[Mapping[str, Any]], Any]]
-FINISHED = ("ok", "diverged")
+FINISHED = ("ok", "diverged", "refused")  # a refused init refuses the same way on every retry
 EXTRA_EPOCH_LABELS = {"const": "+1 epoch (const LR)", "warmup": "+1 epoch (warmup)"}
 
 
@@ -234,7 +234,7 @@ def init_label(config: Mapping[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- run outcomes
 
-OUTCOMES = ("ok", "failed", "diverged", "error")
+OUTCOMES = ("ok", "failed", "diverged", "refused", "error")
 CHANCE_MARGIN = 2.0  # a final test accuracy within this many points of chance: failed to train
 LOSS_BLOWUP = 10.0   # a final training loss above this many times the first step's: failed to train
 _CLASSES = {"cifar10": 10, "fashion-mnist": 10, "fashion-mnist-32": 10, "fashion-mnist-16": 10}
@@ -257,11 +257,14 @@ def _losses(record: Mapping[str, Any]) -> Tuple[Optional[float], Optional[float]
 
 
 def classify_run(record: Mapping[str, Any]) -> Tuple[str, str]:
-    """``(outcome, why)``: ``error`` (the run raised), ``diverged`` (a non-finite training loss),
+    """``(outcome, why)``: ``refused`` (the init's factors or weights do not fit the dtype; refused
+    before any weight changed), ``error`` (the run raised otherwise), ``diverged`` (a non-finite training loss),
     ``failed`` (failed to train: a final test accuracy within :data:`CHANCE_MARGIN` points of
     chance, or a final training loss above :data:`LOSS_BLOWUP` × the first step's; a finite loss of
     1e31 is not ok), else ``ok``."""
     status = record.get("status")
+    if status == "refused":
+        return "refused", str(record.get("error") or "the init does not fit the dtype")
     if status == "error":
         return "error", str(record.get("error") or "the run raised")
     if status == "diverged":

@@ -27,6 +27,7 @@ from emergeinit.bench.config import resolve_config, run_id, task_spec
 from emergeinit.bench.env import device_name, git_commit, versions
 from emergeinit.bench.loop import pick_device
 from emergeinit.bench.records import PathLike, append_record, classify_run, finished_ids
+from emergeinit.plan import UnrepresentableError
 
 __all__ = ["execute", "failed_record", "run_task", "check_configs", "InProcessExecutor", "run_grid"]
 
@@ -86,13 +87,17 @@ def failed_record(config: Mapping[str, Any], err: BaseException, *, started: Opt
 
 def execute(config: Mapping[str, Any], *, progress: bool = True) -> Dict[str, Any]:
     """Run one config and return its full record. An exception in the task becomes
-    ``status="error"`` with its message; Ctrl-C and kills still stop everything."""
+    ``status="error"`` with its message, an init the dtype cannot hold (:class:`emergeinit.
+    UnrepresentableError`) ``status="refused"`` (finished: it refuses the same way every time);
+    Ctrl-C and kills still stop everything."""
     config = resolve_config(config)
     t0 = time.perf_counter()
     record = _head(config, _now())
     try:
         result = run_task(config, progress=progress)
         result.update(status="diverged" if result.get("diverged") else "ok", error=None)
+    except UnrepresentableError as err:  # the init does not fit the dtype: the same every time
+        result = {**_failed(err, traceback.format_exc(limit=8)), "status": "refused"}
     except Exception as err:
         result = _failed(err, traceback.format_exc(limit=8))
     status, error = result.pop("status"), result.pop("error")
@@ -139,7 +144,8 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
     skipped = len(unique) - len(pending)
     if limit is not None:
         pending = pending[: max(0, int(limit))]
-    counts = {"total": len(unique), "skipped": skipped, "run": 0, "ok": 0, "diverged": 0, "error": 0}
+    counts = {"total": len(unique), "skipped": skipped, "run": 0, "ok": 0, "diverged": 0, "refused": 0,
+              "error": 0}
     executor = executor or InProcessExecutor()
     bar = None
     if progress and pending:
@@ -167,7 +173,8 @@ def run_grid(configs: Sequence[Mapping[str, Any]], results: PathLike, *, executo
                 on_record(record)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], error=counts["error"],
+                bar.set_postfix(ok=counts["ok"], diverged=counts["diverged"], refused=counts["refused"],
+                                error=counts["error"],
                                 refresh=False)
             if not lazy and late():
                 break

@@ -84,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     counts = run_grid(configs, results, executor=_executor(args), progress=not args.no_progress,
                       limit=args.limit, stop_after_s=None if args.max_minutes is None else 60 * args.max_minutes)
     print(f"{counts['total']} runs in the grid: {counts['skipped']} already done, {counts['run']} run now "
-          f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['error']} error) -> {results}")
+          f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['refused']} refused, {counts['error']} error) "
+          f"-> {results}")
     print(f"tables and plots: emergeinit report {results}")
     return 0 if counts["error"] == 0 else 1
