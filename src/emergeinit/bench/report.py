@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from emergeinit import stats
 from emergeinit.bench import plots
 from emergeinit.bench.auto_report import AUTO_KEYS, auto_rows
 from emergeinit.bench.config import task_spec
@@ -25,7 +26,7 @@ from emergeinit.bench.records import (
     resolved_record_config,
 )
 
-__all__ = ["mean_std", "markdown_table", "bold_best", "paired_interval", "t_quantile", "image_report",
+__all__ = ["mean_std", "markdown_table", "bold_best", "paired_interval", "image_report",
            "image_cells", "Cell", "paired_deltas", "Delta", "model_label", "auto_section"]
 
 
@@ -58,32 +59,13 @@ def bold_best(cells: Sequence[str], scores: Sequence[Optional[float]], higher: b
 
 # ------------------------------------------------------------------------------- paired intervals
 
-# two-sided 95% quantiles of Student's t, t_{0.975, df}, df = 1..30; larger df interpolate to 1.96
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
-def t_quantile(df: int) -> float:
-    """t_{0.975, df}: the half-width of a two-sided 95% interval in standard errors."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    return 1.96 + (_T975[-1] - 1.96) * len(_T975) / df  # t - z falls off like 1/df
-
-
 def paired_interval(diffs: Sequence[float]) -> Tuple[Optional[float], Optional[float], Optional[float]]:
-    """(mean, low, high) of seed-paired differences: a paired-t 95% interval (None bounds with
-    fewer than 2 pairs; all None with none)."""
-    vals = [float(d) for d in diffs]
-    if not vals:
+    """(mean, low, high) of seed-paired differences: the paired-t 95% interval of
+    :func:`emergeinit.stats.paired_interval` (None bounds with fewer than 2 pairs; all None with none)."""
+    if not diffs:
         return None, None, None
-    mean = statistics.mean(vals)
-    if len(vals) < 2:
-        return mean, None, None
-    half = t_quantile(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
-    return mean, mean - half, mean + half
+    interval = stats.paired_interval(diffs)
+    return interval.mean, interval.low, interval.high
 
 
 # --------------------------------------------------------------------------------- image report
