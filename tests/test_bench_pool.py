@@ -82,7 +82,7 @@ def test_compare_jobs_2_resumes_and_gives_the_in_process_records(tmp_path):
     done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "4 runs in the grid: 2 already done, 2 run now (2 ok, 0 diverged, 0 error)" in done.stdout
+    assert "4 runs in the grid: 2 already done, 2 run now (2 ok, 0 diverged, 0 refused, 0 error)" in done.stdout
     records = read_records(results)
     assert len(records) == 4 and len({r["id"] for r in records}) == 4
     assert all(r["status"] == "ok" and len(r["epochs"]) == 2 for r in records)
