@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -156,6 +157,87 @@ def test_chain_reduces_to_eq2_exactly(widths, data):
     assert got == layered_emergence(widths, active) and type(got) is int
     fractional = [a / 2 for a in active]
     assert graph.emergence(fractional) == layered_emergence(widths, fractional)
+
+
+@st.composite
+def counted_graphs(draw):
+    """Layer graphs of mixed widths (identity edges between unequal widths included) with per-node
+    counts out of a number of samples per graph node, as measure_emergence tallies them."""
+    widths = draw(st.lists(st.integers(1, 6), min_size=1, max_size=7))
+    edges = []
+    for d in range(1, len(widths)):
+        for s in range(d):
+            kind = draw(st.sampled_from([None, None, "full", "identity", "identity"]))
+            if kind:
+                edges.append(LayerEdge(s, d, kind))
+    graph = LayerGraph(tuple(LayerNode(str(i), w) for i, w in enumerate(widths)), tuple(edges))
+    rows = [draw(st.sampled_from([1, 2, 3, 4, 6, 8, 128])) for _ in widths]
+    counts = [draw(st.lists(st.integers(0, r), min_size=w, max_size=w)) for w, r in zip(widths, rows)]
+    return graph, counts, rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(counted_graphs())
+def test_grouped_counting_equals_the_per_node_reference_and_the_fractions(case):
+    """The int64 pass (big ints per graph node only) gives the very integer of the big-int pass per
+    network node, and emergence_of_counts the very E of emergence() on the Fractions count/rows."""
+    graph, counts, rows = case
+    fractions = [[Fraction(c, r) for c in cs] for cs, r in zip(counts, rows)]
+    total, denom, whole = graph._scaled_emergence(fractions)
+    touched = graph._identity_touched()
+    act = [int(sum(ws) * denom) for ws in fractions]
+    per_node = [[int(w * denom) for w in ws] if i in touched else None for i, ws in enumerate(fractions)]
+    assert graph._paths_grouped(act, per_node, denom) == graph._paths_per_node(act, per_node, denom) == total
+    tensors = [torch.tensor(cs) for cs in counts]
+    assert graph.emergence_of_counts(tensors, rows) == graph.emergence_with_log(fractions)
+    if all(r == 1 for r in rows):  # 0/1 masks: the exact int, as emergence() gives it for bools
+        masks = [[bool(c) for c in cs] for cs in counts]
+        assert graph.emergence_of_counts(tensors, rows, whole=True) == graph.emergence_with_log(masks)
+
+
+def test_grouped_counting_hands_over_to_big_ints_past_int64():
+    """Weights whose common denominator or per-node path counts leave int64 take the big-int pass,
+    with the same result."""
+    nodes = tuple(LayerNode(str(i), 3) for i in range(4))
+    edges = tuple(LayerEdge(s, d, "identity") for d in range(4) for s in range(d))  # paths double per node
+    graph = LayerGraph(nodes, edges)
+    act, per_node = [3, 2, 1, 2], [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0]]
+    assert graph._paths_grouped(act, per_node, 1) == graph._paths_per_node(act, per_node, 1)
+    big = 2 ** 70  # a denominator past int64
+    scaled = [[w * big for w in p] for p in per_node]
+    assert graph._paths_grouped([a * big for a in act], scaled, big) is None
+    odd = [[Fraction(1, 3 ** 40), Fraction(1, 2), 1] for _ in nodes]  # lcm of the denominators > 2**62
+    value, log = graph.emergence_with_log(odd)
+    want = graph_emergence_of_fractions(graph, odd)
+    assert value == float(want) and math.isclose(log, math.log(want), rel_tol=1e-12)
+
+
+def graph_emergence_of_fractions(graph, weights):
+    """Eq 1 by hand on the network-node DAG with fractional activities: paths weighted by
+    (1 - w_start) * w_end, summed over all paths (the definition emergence() computes)."""
+    adj = graph.node_adjacency().tolist()
+    flat = [w for ws in weights for w in ws]
+    n = len(flat)
+    into = [Fraction(0)] * n  # weighted paths from inactive starts into each node
+    for v in range(n):  # node order is topological (layer order, forward edges only)
+        for u in range(v):
+            if adj[u][v]:
+                into[v] += into[u] + (1 - flat[u])
+    return sum(into[v] * flat[v] for v in range(n))
+
+
+def test_emergence_of_counts_checks_its_input():
+    g = LayerGraph.chain([2, 3])
+    with pytest.raises(ValueError, match="one entry per graph node"):
+        g.emergence_of_counts([torch.tensor([1, 1])], [2])
+    with pytest.raises(ValueError, match="3 integer counts"):
+        g.emergence_of_counts([torch.tensor([1, 1]), torch.tensor([1.0, 0.0, 1.0])], [2, 2])
+    with pytest.raises(ValueError, match=r"\[0, rows\[1\] = 2\]"):
+        g.emergence_of_counts([torch.tensor([1, 1]), torch.tensor([3, 0, 1])], [2, 2])
+    with pytest.raises(ValueError, match="positive int"):
+        g.emergence_of_counts([torch.tensor([1, 1]), torch.tensor([1, 0, 1])], [2, 0])
+    with pytest.raises(ValueError, match="whole=True"):
+        g.emergence_of_counts([torch.tensor([1, 1]), torch.tensor([1, 0, 1])], [2, 2], whole=True)
 
 
 def test_identity_edge_hand_example():

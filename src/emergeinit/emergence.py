@@ -427,16 +427,44 @@ class LayerGraph:
     def emergence_with_log(self, active: Sequence[Any]) -> Tuple[Number, float]:
         """(:meth:`emergence`, its natural log) from one pass: E and ln E together."""
         total, denom, whole = self._scaled_emergence(active)
-        log_e = math.log(total) - 2 * math.log(denom) if total > 0 else -math.inf
-        return _to_number(Fraction(total, denom * denom), as_float=not whole), log_e
+        return _value_and_log(total, denom, whole)
+
+    def emergence_of_counts(self, counts: Sequence[torch.Tensor], rows: Sequence[int], *,
+                            whole: bool = False) -> Tuple[Number, float]:
+        """E and ln E when node k of graph node i was active in ``counts[i][k]`` of ``rows[i]``
+        samples (``count`` mode: each node weighted by that fraction), exact as :meth:`emergence`
+        on those fractions, without a Fraction per node. ``whole``: give E as an int (every
+        ``rows[i]`` is 1: the counts are 0/1 masks)."""
+        if len(counts) != len(self.nodes) or len(rows) != len(self.nodes):
+            raise ValueError(f"counts and rows need one entry per graph node ({len(self.nodes)}), "
+                             f"got {len(counts)} and {len(rows)}")
+        denom = 1
+        for i, (node, c, r) in enumerate(zip(self.nodes, counts, rows)):
+            if not isinstance(r, numbers.Integral) or r < 1:
+                raise ValueError(f"rows[{i}] must be a positive int, got {r!r}")
+            if c.shape != (node.width,) or c.is_floating_point() or c.is_complex():
+                raise ValueError(f"counts[{i}] must be {node.width} integer counts, got {c.dtype} {tuple(c.shape)}")
+            if node.width and (int(c.min()) < 0 or int(c.max()) > r):
+                raise ValueError(f"counts[{i}] must lie in [0, rows[{i}] = {r}]")
+            denom = _lcm(denom, int(r))
+        if whole and denom != 1:
+            raise ValueError("whole=True needs 0/1 counts (every rows[i] = 1)")
+        scaled = [c.to(device="cpu", dtype=torch.int64) * (denom // int(r)) for c, r in zip(counts, rows)]
+        act = [int(s.sum()) for s in scaled]
+        touched = self._identity_touched()
+        per_node = [s if i in touched else None for i, s in enumerate(scaled)]
+        return _value_and_log(self._paths_times_denominator(act, per_node, denom), denom, whole)
+
+    def _identity_touched(self) -> set:
+        """Graph nodes an identity edge starts or ends at: only these need a weight per node."""
+        return {e.src for e in self.edges if e.kind == "identity"} | {e.dst for e in self.edges if e.kind == "identity"}
 
     def _scaled_emergence(self, active: Sequence[Any]) -> Tuple[int, int, bool]:
         """(E * D**2, D, all inputs ints): E in integer arithmetic after scaling every activity
         weight by D."""
         if len(active) != len(self.nodes):
             raise ValueError(f"active has {len(active)} entries, the graph has {len(self.nodes)} nodes")
-        touched = {e.src for e in self.edges if e.kind == "identity"}
-        touched |= {e.dst for e in self.edges if e.kind == "identity"}
+        touched = self._identity_touched()
         whole = True
         counts: List[Fraction] = []
         per_node: List[Optional[List[Fraction]]] = []
@@ -465,8 +493,82 @@ class LayerGraph:
             for w in p or ():
                 denom = _lcm(denom, w.denominator)
         act = [int(c * denom) for c in counts]
-        inact = [n.width * denom - a for n, a in zip(self.nodes, act)]
         p_act = [[int(w * denom) for w in p] if p is not None else None for p in per_node]
+        return self._paths_times_denominator(act, p_act, denom), denom, whole
+
+    def _paths_times_denominator(self, act: List[int], per_node: Sequence[Optional[Any]], denom: int) -> int:
+        """E * D**2 from activities scaled by D (``act[i]``: node i's scaled count; ``per_node[i]``:
+        its scaled weight per network node, given where an identity edge touches it). The grouped
+        int64 pass when its bounds hold (:meth:`_paths_grouped`), else the per-node big-int pass;
+        both exact, and equal."""
+        grouped = self._paths_grouped(act, per_node, denom)
+        return grouped if grouped is not None else self._paths_per_node(act, per_node, denom)
+
+    def _paths_grouped(self, act: List[int], per_node: Sequence[Optional[Any]], denom: int) -> Optional[int]:
+        """E * D**2 with big ints only per graph node; None when an int64 bound could be exceeded.
+
+        Paths from inactive nodes into network node k of graph node g (times D) are
+        ``uniform[g] + B_g(k) + r_g[k]``: ``uniform`` the part shared by all of g's nodes (full
+        edges), ``B_g(k)`` the big shared parts that came along identity edges (constant on
+        ``k < m`` for the few widths m on the way: a dict m -> int), and ``r_g`` the per-node rest,
+        small enough for an int64 vector (bounded by ``rmax``). Sums over k then need prefix sums
+        and one dot product per node, not a big-int operation per network node."""
+        limit = 2 ** 62
+        if denom >= limit:
+            return None
+        incoming: List[List[LayerEdge]] = [[] for _ in self.nodes]
+        for e in self.edges:
+            incoming[e.dst].append(e)
+        vectors = [None if p is None else (p if isinstance(p, torch.Tensor) else torch.tensor(p, dtype=torch.int64))
+                   for p in per_node]
+        uniform: List[int] = []
+        extra_sum: List[int] = []  # sum over k of B_g(k) + r_g[k]
+        carry: List[Optional[Tuple[Dict[int, int], torch.Tensor, int]]] = []  # what an identity edge passes on
+        total = 0
+        for g, node in enumerate(self.nodes):
+            c = 0
+            shared: Dict[int, int] = {}
+            rest: Optional[torch.Tensor] = None
+            rmax = 0
+            for e in incoming[g]:
+                u = e.src
+                if e.kind == "full":
+                    c += self.nodes[u].width * uniform[u] + extra_sum[u] + (self.nodes[u].width * denom - act[u])
+                    continue
+                m = min(node.width, self.nodes[u].width)
+                if rest is None:
+                    rest = torch.zeros(node.width, dtype=torch.int64)
+                segments, vector, bound = carry[u]  # type: ignore[misc]
+                for width, value in segments.items():
+                    key = min(width, m)
+                    shared[key] = shared.get(key, 0) + value
+                rest[:m] += vector[:m]
+                rmax += bound
+                if rmax >= limit:
+                    return None
+            uniform.append(c)
+            total += c * act[g]
+            if rest is None:
+                extra_sum.append(0)
+                p = vectors[g]
+                carry.append(({node.width: c}, denom - p, denom) if p is not None else None)
+                continue
+            p = vectors[g]
+            if p is None or node.width * rmax >= limit // max(denom, 1):
+                return None
+            prefix = torch.cumsum(p, 0)
+            total += sum(v * int(prefix[m - 1]) for m, v in shared.items() if m > 0) + int((p * rest).sum())
+            extra_sum.append(sum(v * m for m, v in shared.items()) + int(rest.sum()))
+            segments = dict(shared)
+            segments[node.width] = segments.get(node.width, 0) + c
+            carry.append((segments, rest + (denom - p), rmax + denom))
+        return total
+
+    def _paths_per_node(self, act: List[int], per_node: Sequence[Optional[Any]], denom: int) -> int:
+        """E * D**2 by big-int arithmetic per network node where identity edges need it: the
+        reference the grouped pass is tested against, and its fallback."""
+        p_act = [None if p is None else (p.tolist() if isinstance(p, torch.Tensor) else list(p)) for p in per_node]
+        inact = [n.width * denom - a for n, a in zip(self.nodes, act)]
         incoming: List[List[LayerEdge]] = [[] for _ in self.nodes]
         for e in self.edges:
             incoming[e.dst].append(e)
@@ -494,7 +596,14 @@ class LayerGraph:
             if d is not None:
                 pg = p_act[g]
                 total += sum(w * x for w, x in zip(pg, d))  # type: ignore[arg-type]
-        return total, denom, whole
+        return total
+
+
+def _value_and_log(total: int, denom: int, whole: bool) -> Tuple[Number, float]:
+    """E = total / D**2 (an int when ``whole``, else the nearest float) and its natural log."""
+    value = Fraction(total, denom * denom)  # reduced: ln E does not depend on the D chosen
+    log_e = math.log(value.numerator) - math.log(value.denominator) if total > 0 else -math.inf
+    return _to_number(value, as_float=not whole), log_e
 
 
 def _activity_sum(values: Sequence[Any], what: str) -> Fraction:
