@@ -163,7 +163,7 @@ def test_chain_reduces_to_eq2_exactly(widths, data):
 def counted_graphs(draw):
     """Layer graphs of mixed widths (identity edges between unequal widths included) with per-node
     counts out of a number of samples per graph node, as measure_emergence tallies them."""
-    widths = draw(st.lists(st.integers(1, 6), min_size=1, max_size=7))
+    widths = draw(st.lists(st.integers(0, 6), min_size=1, max_size=7))
     edges = []
     for d in range(1, len(widths)):
         for s in range(d):
@@ -188,7 +188,7 @@ def test_grouped_counting_equals_the_per_node_reference_and_the_fractions(case):
     act = [int(sum(ws) * denom) for ws in fractions]
     per_node = [[int(w * denom) for w in ws] if i in touched else None for i, ws in enumerate(fractions)]
     assert graph._paths_grouped(act, per_node, denom) == graph._paths_per_node(act, per_node, denom) == total
-    tensors = [torch.tensor(cs) for cs in counts]
+    tensors = [torch.tensor(cs, dtype=torch.int64) for cs in counts]
     assert graph.emergence_of_counts(tensors, rows) == graph.emergence_with_log(fractions)
     if all(r == 1 for r in rows):  # 0/1 masks: the exact int, as emergence() gives it for bools
         masks = [[bool(c) for c in cs] for cs in counts]
@@ -210,6 +210,10 @@ def test_grouped_counting_hands_over_to_big_ints_past_int64():
     value, log = graph.emergence_with_log(odd)
     want = graph_emergence_of_fractions(graph, odd)
     assert value == float(want) and math.isclose(log, math.log(want), rel_tol=1e-12)
+    rows = [2 ** 61 - 1, 3 ** 39, 2, 5]  # sample counts whose common multiple is past int64
+    counts = [torch.tensor([r, r // 2, 0]) for r in rows]
+    fractions = [[Fraction(int(c), r) for c in cs] for cs, r in zip(counts, rows)]
+    assert graph.emergence_of_counts(counts, rows) == graph.emergence_with_log(fractions)
 
 
 def graph_emergence_of_fractions(graph, weights):

@@ -29,6 +29,7 @@ __all__ = [
     "LayerType",
     "register_weight_layer",
     "unregister_weight_layer",
+    "registered_weight_layers",
     "WeightLayer",
     "find_weight_layers",
     "LeftOut",
@@ -107,6 +108,11 @@ def register_weight_layer(module_type: TypeKey, *, weight: str = "weight", bias:
 def unregister_weight_layer(module_type: TypeKey) -> None:
     """Forget a type given to :func:`register_weight_layer` (a KeyError when it was not there)."""
     del _LINEAR_LIKE[module_type]
+
+
+def registered_weight_layers() -> Tuple[Tuple[TypeKey, LayerType], ...]:
+    """The Linear-like types registered now, as a hashable snapshot (a cached trace keys on it)."""
+    return tuple(_LINEAR_LIKE.items())
 
 
 def _linear_like(module: nn.Module) -> Optional[LayerType]:

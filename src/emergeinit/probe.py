@@ -13,25 +13,25 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from emergeinit.emergence import (
-    LayerGraph, Number, exact_pivot, layered_emergence, lemma_pivot,
-)
-from emergeinit.layers import find_weight_layers, layer_by_module, left_out_parameters
+from emergeinit.emergence import LayerGraph, Number, exact_pivot, layered_emergence, lemma_pivot
+from emergeinit.layers import find_weight_layers, layer_by_module, left_out_parameters, registered_weight_layers
 from emergeinit.trace import (
-    Batch, FxLayers, TapeLayers, iter_batches, layers_traced_or_recorded, nonfinite_error, preserve_state,
-    refuse_meta, run_model,
+    NonFiniteError, TapeLayers, input_signature, is_batch, iter_batches, layers_traced_or_recorded, nonfinite_error,
+    preserve_state, refuse_meta, run_model, split_batch, structure_key, warn_if_two_inputs,
 )
 
 __all__ = [
     "measure_emergence", "layer_graph", "EmergenceReport", "LayerActivity", "Pivot",
-    "DEFAULT_THRESHOLD", "MODES",
+    "DEFAULT_THRESHOLD", "MODES", "MEASURE_CACHE_SIZE", "clear_measure_cache",
 ]
 
 
@@ -146,10 +146,11 @@ def _fmt_big(value: Number, log10: float) -> str:
 
 # ------------------------------------------------------------------------------------- counting
 
-def _node_sums(x: Any, kind: str, width: int, name: str) -> Tuple[torch.Tensor, int]:
-    """A (rows, width) tensor of a layer's node values and the count each one sums: conv
-    channels summed over space per sample (divided later, so one op per layer during the
-    forward); Linear units copied with every leading dim (batch, tokens) as a row."""
+def _node_sums(x: Any, kind: str, width: int, name: str) -> Tuple[torch.Tensor, int, bool]:
+    """A (rows, width) tensor of a layer's node values, the count of elements each one sums, and
+    whether the tensor is a new one (not the live value, which a later in-place op may change):
+    conv channels summed over space per sample (divided later); Linear units with every leading
+    dim (batch, tokens) as a row, as float32."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"layer {name!r}: expected a tensor, got {type(x).__name__}")
     x = x.detach()
@@ -157,72 +158,153 @@ def _node_sums(x: Any, kind: str, width: int, name: str) -> Tuple[torch.Tensor, 
         if x.dim() < 2 or x.shape[1] != width:
             raise ValueError(f"layer {name!r}: expected {width} channels on dim 1, got shape {tuple(x.shape)}")
         if x.dim() == 2:
-            return x.float() if x.dtype != torch.float32 else x.clone(), 1
+            return (x.float(), 1, True) if x.dtype != torch.float32 else (x, 1, False)
         dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
-        return x.sum(dim=tuple(range(2, x.dim())), dtype=dtype), int(x[0, 0].numel())
+        return x.sum(dim=tuple(range(2, x.dim())), dtype=dtype), math.prod(x.shape[2:]), True
     if x.dim() < 1 or x.shape[-1] != width:
         raise ValueError(f"layer {name!r}: expected {width} units on the last dim, got shape {tuple(x.shape)}")
     v = x.reshape(-1, width)
-    return (v.float() if v.dtype != torch.float32 else v.clone()), 1
+    return (v.float(), 1, True) if v.dtype != torch.float32 else (v, 1, False)
+
+
+BATCHED_ELEMENTS = 1 << 16
+"""A layer's node values up to this many elements wait for the batch's flush (copied if live), to be
+tallied with the other small ones in a few large ops; larger ones (Linear layers over many tokens)
+are tallied at once, where they are read, without a copy."""
 
 
 @dataclass
-class _Tally:
-    """One layer node's running totals: rows above the threshold and value sums, per node."""
+class _Accumulator:
+    """Running totals, on the model's device, of the layers tallied together (a batch's small
+    layers, or one large layer)."""
 
-    name: str
-    kind: str
-    width: int
-    above: Optional[torch.Tensor] = None
-    total: Optional[torch.Tensor] = None  # sum over rows of the node values (float64)
-    rows: int = 0
+    layers: Tuple[int, ...]
+    widths: List[int]
+    above: torch.Tensor  # int64 per node: rows above the threshold
+    total: Optional[torch.Tensor]  # float64 per node: sum over rows of the node values ("mean" mode)
+    ok: torch.Tensor  # bool per node: every value so far finite
+    finite: torch.Tensor  # int64 per node: tallies after which every value so far was finite
+    tallies: List[int] = field(default_factory=list)  # the batch of each tally, in order
+    cuts: Dict[Tuple[Any, ...], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, layers: Tuple[int, ...], widths: List[int], device: torch.device, sums: bool) -> "_Accumulator":
+        n = sum(widths)
+        return cls(layers, widths, torch.zeros(n, dtype=torch.int64, device=device),
+                   torch.zeros(n, dtype=torch.float64, device=device) if sums else None,
+                   torch.ones(n, dtype=torch.bool, device=device), torch.zeros(n, dtype=torch.int64, device=device))
+
+    def cut(self, sizes: Tuple[int, ...], dtype: torch.dtype, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(threshold per node times the elements each value sums, those element counts), made once."""
+        key = (sizes, dtype)
+        if key not in self.cuts:
+            device = self.above.device
+            per_node = torch.tensor(sizes, dtype=torch.float64, device=device).repeat_interleave(
+                torch.tensor(self.widths, device=device))
+            self.cuts[key] = ((threshold * per_node).to(dtype), per_node)
+        return self.cuts[key]
+
+    def tally(self, values: torch.Tensor, sizes: Tuple[int, ...], threshold: float, batch: int) -> None:
+        """Add one batch's (rows, nodes) values: counts above the threshold, value sums ("mean"
+        mode), and whether all were finite (max and min per node: exact, no overflow)."""
+        cut, size = self.cut(sizes, values.dtype, threshold)
+        self.above += (values > cut).sum(0, dtype=torch.int32)  # int32: exact per batch, and fast on CPUs
+        if self.total is not None:
+            self.total += values.sum(0, dtype=torch.float64) / size
+        if values.shape[0]:
+            self.ok &= torch.isfinite(values.amax(0)) & torch.isfinite(values.amin(0))
+        self.finite += self.ok
+        self.tallies.append(batch)
+
+
+@dataclass
+class _Tallies:
+    """What the counts came to, on the host: per layer node, its rows above the threshold, the sum
+    of its values over rows and the rows seen; ``bad``: (batch, layer) where values first went
+    non-finite, or None."""
+
+    above: List[torch.Tensor]
+    total: List[Optional[torch.Tensor]]  # kept in "mean" mode only
+    rows: List[int]
+    bad: Optional[Tuple[int, int]]
 
 
 class _Counts:
-    """Tallies for all layers. Values taken during a forward wait in ``pending``; ``flush`` then
-    thresholds and sums them for all layers at once (few large ops rather than many small
-    ones: on a busy CPU each op pays a thread-pool round trip)."""
+    """Tallies for all layer nodes, on the model's device. Small values taken during a forward wait
+    in ``pending``; ``flush`` then thresholds and sums them for all those layers at once (few large
+    ops rather than many small ones: on a busy CPU each op pays a thread-pool round trip). Large
+    ones are tallied where they are read. ``read`` brings every total to the host in one transfer:
+    one synchronization per call, not one per layer or per batch."""
 
-    def __init__(self, threshold: float):
+    def __init__(self, layers: Sequence[Tuple[str, str, int]], threshold: float, sums: bool):
+        self.names = [n for n, _, _ in layers]
+        self.kinds = [k for _, k, _ in layers]
+        self.widths = [w for _, _, w in layers]
         self.threshold = threshold
-        self.tallies: List[_Tally] = []
+        self.sums = sums  # keep value sums per node ("mean" mode)
+        self.rows = [0] * len(layers)
         self.pending: Dict[int, Tuple[torch.Tensor, int]] = {}
-
-    def add_layer(self, name: str, kind: str, width: int) -> int:
-        self.tallies.append(_Tally(name, kind, width))
-        return len(self.tallies) - 1
+        self.accumulators: Dict[Tuple[int, ...], _Accumulator] = {}
+        self.batch = 0
 
     def record(self, index: int, x: Any) -> None:
-        t = self.tallies[index]
-        self.pending[index] = _node_sums(x, t.kind, t.width, t.name)
+        values, size, fresh = _node_sums(x, self.kinds[index], self.widths[index], self.names[index])
+        if values.numel() > BATCHED_ELEMENTS:
+            self._tally((index,), values, (size,))
+        else:
+            self.pending[index] = (values if fresh else values.clone(), size)
 
-    def flush(self) -> Optional[str]:
-        """Tally the pending values; returns the name of the first layer holding NaN/inf, or None."""
-        bad: List[int] = []
+    def _tally(self, layers: Tuple[int, ...], values: torch.Tensor, sizes: Tuple[int, ...]) -> None:
+        acc = self.accumulators.get(layers)
+        if acc is None:
+            acc = self.accumulators[layers] = _Accumulator.zeros(
+                layers, [self.widths[i] for i in layers], values.device, self.sums)
+        acc.tally(values, sizes, self.threshold, self.batch)
+        for i in layers:
+            self.rows[i] += values.shape[0]
+
+    def flush(self) -> None:
+        """Tally the pending values of one batch (no host synchronization)."""
         groups: Dict[Tuple[int, torch.dtype, torch.device], List[int]] = {}
         for i, (v, _) in self.pending.items():
             groups.setdefault((v.shape[0], v.dtype, v.device), []).append(i)
-        for (rows, dtype, device), idx in groups.items():
-            values = torch.cat([self.pending[i][0] for i in idx], dim=1)
-            sizes = [self.pending[i][1] for i in idx]
-            widths = [self.tallies[i].width for i in idx]
-            cut = torch.tensor([self.threshold * s for s, w in zip(sizes, widths) for _ in range(w)],
-                               dtype=dtype, device=device)
-            above = (values > cut).sum(0).cpu()
-            total = values.sum(0, dtype=torch.float64).cpu()
-            if not bool(torch.isfinite(total).all()):  # a NaN/inf value makes its node's sum one
-                bad.extend(i for i, t in zip(idx, total.split(widths)) if not bool(torch.isfinite(t).all()))
-            for i, size, a, t in zip(idx, sizes, above.split(widths), total.split(widths)):
-                tally = self.tallies[i]
-                t = t / size
-                if tally.above is None:
-                    tally.above, tally.total = a, t
-                else:
-                    tally.above = tally.above + a
-                    tally.total = tally.total + t  # type: ignore[operator]
-                tally.rows += rows
+        for idx in groups.values():
+            values = torch.cat([self.pending[i][0] for i in idx], dim=1) if len(idx) > 1 else self.pending[idx[0]][0]
+            self._tally(tuple(idx), values, tuple(self.pending[i][1] for i in idx))
         self.pending.clear()
-        return self.tallies[min(bad)].name if bad else None
+        self.batch += 1
+
+    def read(self) -> _Tallies:
+        """Every total on the host, in one transfer per device."""
+        above: List[Optional[torch.Tensor]] = [None] * len(self.names)
+        total: List[Optional[torch.Tensor]] = [None] * len(self.names)
+        bad: Optional[Tuple[int, int]] = None
+        by_device: Dict[torch.device, List[_Accumulator]] = {}
+        for acc in self.accumulators.values():
+            by_device.setdefault(acc.above.device, []).append(acc)
+        for accs in by_device.values():
+            parts = [(a.above.double(), a.finite.double()) + ((a.total,) if a.total is not None else ()) for a in accs]
+            flat = torch.cat([p for ps in parts for p in ps]).cpu()
+            start = 0
+            for acc, ps in zip(accs, parts):
+                n = acc.above.numel()
+                pieces = flat[start:start + len(ps) * n].split(n)
+                start += len(ps) * n
+                offset = 0
+                for i, w in zip(acc.layers, acc.widths):
+                    a, f = pieces[0][offset:offset + w].long(), pieces[1][offset:offset + w]
+                    above[i] = a if above[i] is None else above[i] + a  # type: ignore[operator]
+                    if acc.total is not None:
+                        t = pieces[2][offset:offset + w]
+                        total[i] = t if total[i] is None else total[i] + t  # type: ignore[operator]
+                    offset += w
+                    went_bad = int(f.min()) if w else len(acc.tallies)
+                    if went_bad < len(acc.tallies):
+                        bad = min(bad or (math.inf, math.inf), (acc.tallies[went_bad], i))  # type: ignore[assignment]
+        for i, name in enumerate(self.names):
+            if above[i] is None or self.rows[i] == 0:
+                raise ValueError(f"layer {name!r} never ran on the inputs")
+        return _Tallies(above, total, self.rows, bad)  # type: ignore[arg-type]
 
 
 def _on_device(inputs: Any, device: Optional[torch.device]) -> Any:
@@ -233,35 +315,141 @@ def _on_device(inputs: Any, device: Optional[torch.device]) -> Any:
     return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def _run(runner: Any, model: nn.Module, batches: Iterable[Batch], counts: _Counts) -> None:
-    """Run ``runner`` (the model's traced copy, or its recorded forward) on every batch and tally the
-    values it reports; non-finite values are a :class:`NonFiniteError` naming where they began."""
-    device = _device(model)
-    seen = 0
-    for batch, _ in batches:
-        x = _on_device(batch, device)
-        run_model(runner, x)
-        bad = counts.flush()
-        if bad is not None:
-            raise nonfinite_error(f"measure_emergence: the values of layer {bad!r} are not finite", model, x)
-        seen += 1
-    if seen == 0:
-        raise ValueError("inputs yielded no batches")
-
-
-# ------------------------------------------------------------------------- two ways to read nodes
-
-def _count_traced(model: nn.Module, traced: Union[FxLayers, TapeLayers], counts: _Counts,
-                  batches: Iterable[Batch]) -> Tuple[LayerGraph, FrozenSet[str]]:
-    """Run the fx-traced module (or replay the recorded forward) with a tap on each layer node's value."""
-    for node, read in zip(traced.graph.nodes, traced.reads):
-        counts.add_layer(node.name, read.kind, node.width)
-    _run(traced.tapped(counts.record), model, batches, counts)
-    return traced.graph, traced.probed
-
-
 def _device(model: nn.Module) -> Optional[torch.device]:
     return next((p.device for p in model.parameters()), None)
+
+
+# ------------------------------------------------------------------------- the measurement plan
+
+class _Sink:
+    """Where the taps of a plan's runner send layer values: the counts of the call in progress."""
+
+    def __init__(self) -> None:
+        self.counts: Optional[_Counts] = None
+
+    def record(self, index: int, value: Any) -> None:
+        assert self.counts is not None, "a tapped runner ran outside measure_emergence"
+        self.counts.record(index, value)
+
+
+@dataclass
+class _Plan:
+    """How one model structure is measured: the runner (the fx-traced module with a tap on each
+    layer node, or the recorded forward replayed with the same reads), its layer graph, how each
+    node is read, and the weight tensors not probed."""
+
+    runner: Callable[..., Any]
+    sink: _Sink
+    graph: LayerGraph
+    kinds: Tuple[str, ...]
+    skipped: Tuple[str, ...]
+    recorded: bool
+    pins: List[Any] = field(default_factory=list, repr=False)  # what the cache key holds by identity
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def layers(self) -> List[Tuple[str, str, int]]:
+        return [(n.name, k, n.width) for n, k in zip(self.graph.nodes, self.kinds)]
+
+
+def _make_plan(model: nn.Module, x: Any, include_input: bool, include_output: bool) -> _Plan:
+    """Trace (or record) ``model`` and put the taps in: everything a measurement does once."""
+    all_layers = find_weight_layers(model, order="registration")
+    layers = layer_by_module(model, all_layers)
+    traced = layers_traced_or_recorded(model, layers, x, include_input=include_input, include_output=include_output)
+    sink = _Sink()
+    skipped = tuple(l.key for l in all_layers if l.key not in traced.probed) + left_out_parameters(model).keys
+    return _Plan(traced.tapped(sink.record), sink, traced.graph, tuple(r.kind for r in traced.reads), skipped,
+                 isinstance(traced, TapeLayers))
+
+
+MEASURE_CACHE_SIZE = 16
+"""How many measurement plans :func:`measure_emergence` keeps (least recently used dropped first)."""
+
+_RECORDED = "recorded"  # a structure fx cannot trace: its plans are kept per input signature
+
+
+class _PlanCache:
+    """measure_emergence's one piece of state: the plans of the last :data:`MEASURE_CACHE_SIZE`
+    (model, structure, options) seen, so a model is traced once, not at every call. A model is
+    held by a weak reference (its entries go with it); a plan holds the model's submodules and what
+    the key names by identity (:func:`emergeinit.trace.structure_key`), never the model itself.
+    A model whose structure changed (a module replaced, a flag a forward reads, a parameter's shape,
+    train/eval, the registered Linear-like types) gets a new key, so a stale trace is never reused.
+    ``clear()`` empties it (:func:`clear_measure_cache`)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.entries: "OrderedDict[Tuple[int, Any], Tuple[weakref.ReferenceType[nn.Module], Any]]" = OrderedDict()
+        self.refs: Dict[int, "weakref.ReferenceType[nn.Module]"] = {}
+
+    def get(self, model: nn.Module, key: Any) -> Any:
+        entry = self.entries.get((id(model), key))
+        if entry is None or entry[0]() is not model:
+            return None
+        self.entries.move_to_end((id(model), key))
+        return entry[1]
+
+    def put(self, model: nn.Module, key: Any, value: Any) -> None:
+        ident = id(model)
+        ref = self.refs.get(ident)
+        if ref is None or ref() is not model:
+            ref = self.refs[ident] = weakref.ref(model, lambda _, ident=ident: self._drop(ident))
+        self.entries[(ident, key)] = (ref, value)
+        self.entries.move_to_end((ident, key))
+        while len(self.entries) > self.size:
+            (old, _), _ = self.entries.popitem(last=False)
+            if not any(i == old for i, _ in self.entries):
+                self.refs.pop(old, None)
+
+    def _drop(self, ident: int) -> None:
+        for k in [k for k in self.entries if k[0] == ident]:
+            del self.entries[k]
+        self.refs.pop(ident, None)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.refs.clear()
+
+
+_PLANS = _PlanCache(MEASURE_CACHE_SIZE)
+
+
+def clear_measure_cache() -> None:
+    """Forget every traced model :func:`measure_emergence` keeps (for a forward that branches on
+    something its key cannot see: a global variable, a shared config object changed in place)."""
+    _PLANS.clear()
+
+
+def _plan_for(model: nn.Module, x: Any, include_input: bool, include_output: bool) -> _Plan:
+    """The cached plan for ``model``'s structure (and, for a recorded forward, ``x``'s signature),
+    made on a miss; locked for this call (a plan in use elsewhere: a fresh one, not cached)."""
+    structure, pins = structure_key(model)
+    key = (structure, registered_weight_layers(), include_input, include_output)
+    found = _PLANS.get(model, key)
+    if found == _RECORDED:
+        found = _PLANS.get(model, key + (input_signature(x),))
+    if isinstance(found, _Plan) and found.lock.acquire(blocking=False):
+        return found
+    plan = _make_plan(model, x, include_input, include_output)
+    plan.pins = pins
+    plan.lock.acquire()
+    if found is None:
+        if plan.recorded:
+            _PLANS.put(model, key, _RECORDED)
+            _PLANS.put(model, key + (input_signature(x),), plan)
+        else:
+            _PLANS.put(model, key, plan)
+    return plan
+
+
+def _kept_batch(inputs: Any, index: int, first: Any, device: Optional[torch.device]) -> Optional[Any]:
+    """The inputs of batch ``index`` when they can be had again (the first, or an item of a list)."""
+    if index == 0:
+        return first
+    if isinstance(inputs, (list, tuple)) and not is_batch(inputs) and index < len(inputs):
+        return _on_device(split_batch(inputs[index])[0], device)
+    return None
 
 
 # -------------------------------------------------------------------------------- public API
@@ -331,44 +519,59 @@ def measure_emergence(
             raise ValueError("residual= is the old name of on_graph=: pass one of them")
         on_graph = residual
     refuse_meta(model, "measure_emergence")
-    counts = _Counts(threshold)
+    warn_if_two_inputs(inputs, "measure_emergence")
     batches = iter_batches(inputs)
     first = next(batches, None)
     if first is None:
         raise ValueError("inputs yielded no batches")
+    device = _device(model)
     with preserve_state(model), torch.no_grad():
         model.train(training)  # before tracing: a forward may branch on self.training
-        all_layers = find_weight_layers(model, order="registration")
-        layers = layer_by_module(model, all_layers)
-        traced = layers_traced_or_recorded(model, layers, _on_device(first[0], _device(model)),
-                                           include_input=include_input, include_output=include_output)
-        graph, probed = _count_traced(model, traced, counts, itertools.chain([first], batches))
-    skipped = tuple(l.key for l in all_layers if l.key not in probed) + left_out_parameters(model).keys
-    return _report(counts.tallies, graph, skipped, threshold, mode, on_graph)
+        x0 = _on_device(first[0], device)
+        plan = _plan_for(model, x0, include_input, include_output)
+        counts = _Counts(plan.layers, threshold, sums=mode == "mean")
+        plan.sink.counts = counts
+        try:
+            for index, (batch, _) in enumerate(itertools.chain([first], batches)):
+                run_model(plan.runner, x0 if index == 0 else _on_device(batch, device))
+                counts.flush()
+            tallies = counts.read()  # the call's one host synchronization
+        finally:
+            plan.sink.counts = None
+            plan.lock.release()
+        if tallies.bad is not None:
+            index, layer = tallies.bad
+            what = f"measure_emergence: the values of layer {counts.names[layer]!r} are not finite"
+            if counts.batch > 1:
+                what += f" in batch {index}"
+            x = _kept_batch(inputs, index, x0, device)
+            if x is None:
+                raise NonFiniteError(f"{what} (that batch is gone: pass the batches as a list, or measure it "
+                                     "alone, to have the first non-finite module named)")
+            raise nonfinite_error(what, model, x)
+    return _report(counts.names, tallies, plan.graph, plan.skipped, threshold, mode, on_graph)
 
 
-def _report(tallies: List[_Tally], graph: LayerGraph, skipped: Tuple[str, ...], threshold: float,
+def _report(names: List[str], tallies: _Tallies, graph: LayerGraph, skipped: Tuple[str, ...], threshold: float,
             mode: str, on_graph: Optional[bool]) -> EmergenceReport:
-    if not tallies:
+    if not names:
         raise ValueError("no layer to measure: the model has no Linear or Conv layer its forward uses")
     layers: List[LayerActivity] = []
-    weights: List[List[Any]] = []
-    for t in tallies:
-        if t.rows == 0 or t.above is None or t.total is None:
-            raise ValueError(f"layer {t.name!r} never ran on the inputs")
+    counts: List[torch.Tensor] = []
+    for name, node, above, total, rows in zip(names, graph.nodes, tallies.above, tallies.total, tallies.rows):
         if mode == "count":
-            above = t.above.tolist()
-            weights.append([Fraction(k, t.rows) for k in above])
-            layers.append(LayerActivity(t.name, t.width, sum(above) / t.rows))
+            counts.append(above)
+            layers.append(LayerActivity(name, node.width, int(above.sum()) / rows))
         else:
-            mask = (t.total / t.rows > threshold).tolist()
-            weights.append(mask)
-            layers.append(LayerActivity(t.name, t.width, int(sum(mask))))
+            mask = (total / rows > threshold).long()
+            counts.append(mask)
+            layers.append(LayerActivity(name, node.width, int(mask.sum())))
     widths = [l.nodes for l in layers]
     actives = [l.active for l in layers]
     use_graph = (not graph.is_chain()) if on_graph is None else on_graph
     if use_graph:
-        value, log_e = graph.emergence_with_log(weights)
+        value, log_e = graph.emergence_of_counts(counts, tallies.rows if mode == "count" else [1] * len(counts),
+                                                 whole=mode == "mean")
     else:
         value = layered_emergence(widths, actives)
         log_e = layered_emergence(widths, actives, log=True)
@@ -379,7 +582,7 @@ def _report(tallies: List[_Tally], graph: LayerGraph, skipped: Tuple[str, ...], 
         pivot=Pivot(lemma_pivot(widths, actives), exact_pivot(widths, actives)),
         threshold=threshold,
         mode=mode,
-        samples=tallies[0].rows,
+        samples=tallies.rows[0],
         graph=graph,
         on_graph=use_graph,
         skipped=skipped,

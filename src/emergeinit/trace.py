@@ -18,8 +18,10 @@ Nothing here knows about emergence counts or initialization: callers pass in wha
 from __future__ import annotations
 
 import inspect
+import itertools
 import operator
 import warnings
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import (
@@ -38,9 +40,12 @@ __all__ = [
     "preserve_state",
     "fork_rng",
     "refuse_meta",
+    "structure_key",
+    "input_signature",
     "Batch",
     "is_batch",
     "split_batch",
+    "warn_if_two_inputs",
     "iter_batches",
     "to_device",
     "NonFiniteError",
@@ -108,7 +113,8 @@ def preserve_state(model: nn.Module, *, buffers: bool = True) -> Iterator[None]:
         yield
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:  # nn.Module.__setattr__ is slow; most flags are unchanged
+                m.training = mode
         with torch.no_grad():
             for b, copy in saved:
                 b.copy_(copy)
@@ -123,6 +129,8 @@ def fork_rng(model: nn.Module) -> Any:
 def refuse_meta(model: nn.Module, what: str) -> None:
     """A ValueError when ``model`` holds meta tensors: ``what`` (e.g. "measure_emergence") needs
     weights with values, and torch's own error ("Cannot copy out of meta tensor") says too little."""
+    if not any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        return
     on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if on_meta:
         raise ValueError(
@@ -130,6 +138,76 @@ def refuse_meta(model: nn.Module, what: str) -> None:
             f"the meta device ({', '.join(on_meta[:3])}{', ...' if len(on_meta) > 3 else ''}): "
             "materialize it first (model.to_empty(device=...), then an init)"
         )
+
+
+# ----------------------------------------------------------------------- what a trace depends on
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
+"""Attributes every nn.Module has (hook dicts, the parameter/buffer/child stores): not fingerprinted
+as plain attributes (parameters, buffers and children are, on their own)."""
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type)
+_PLAIN_TYPES = frozenset(_PLAIN)  # exact types, for a check without a call on most attributes
+
+
+def _tensor_print(t: torch.Tensor, pins: List[Any]) -> Tuple[Any, ...]:
+    pins.append(t)
+    return (id(t), tuple(t.shape), t.dtype, t.device, t.requires_grad)
+
+
+def _attribute_print(value: Any, pins: List[Any], depth: int = 0) -> Any:
+    """A plain attribute's value as it can change what a forward does: numbers, strings, dtypes by
+    value; tuples, lists and dicts of them by content (two levels deep); tensors by identity and
+    shape; any other object by identity (kept alive in ``pins``, so the identity is not reused)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value):  # kernel sizes, strides
+        return ("tuple", value)
+    if isinstance(value, torch.Tensor):
+        return ("tensor",) + _tensor_print(value, pins)
+    if depth < 2 and isinstance(value, (tuple, list)):
+        return (type(value).__name__,) + tuple(_attribute_print(v, pins, depth + 1) for v in value)
+    if depth < 2 and isinstance(value, dict):
+        return ("dict",) + tuple((k if isinstance(k, _PLAIN) else id(k), _attribute_print(v, pins, depth + 1))
+                                 for k, v in value.items())
+    pins.append(value)
+    return ("object", id(value))
+
+
+def structure_key(model: nn.Module) -> Tuple[Tuple[Any, ...], List[Any]]:
+    """(key, pins): a hashable fingerprint of everything a trace of ``model`` depends on, and the
+    objects the key holds by identity (keep them alive with the trace, so no identity is reused).
+
+    Per module (``named_modules`` order): its name, identity (not the root's: a cache keys on the
+    root already), class, train/eval flag, a ``forward`` set on the instance, every parameter and
+    buffer (identity, shape, dtype, device, requires_grad) and every plain attribute
+    (:func:`_attribute_print`: the flag a forward branches on). Weight values are not in it: they
+    do not change a trace. A forward that branches on anything else (a global variable, a field of
+    a shared config object changed in place) is not seen."""
+    pins: List[Any] = []
+    parts: List[Any] = []
+    for name, m in model.named_modules():
+        if name:
+            pins.append(m)
+        own = vars(m)
+        params = tuple((n, None if p is None else _tensor_print(p, pins)) for n, p in m._parameters.items())
+        buffers = tuple((n, None if b is None else _tensor_print(b, pins)) for n, b in m._buffers.items())
+        attrs = tuple((k, v if type(v) in _PLAIN_TYPES else _attribute_print(v, pins))
+                      for k, v in own.items() if k not in _MODULE_INTERNALS)
+        parts.append((name, id(m) if name else None, type(m), params, buffers, attrs))
+    return tuple(parts), pins
+
+
+def input_signature(x: Any) -> Any:
+    """What a recorded forward can depend on in an input besides its values: the structure of
+    tuples, lists and dicts, and each tensor's shape, dtype, device and layout (hashable)."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape), x.dtype, x.device, x.layout)
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__,) + tuple(input_signature(v) for v in x)
+    if isinstance(x, dict):
+        return ("dict",) + tuple((k, input_signature(v)) for k, v in x.items())
+    return x if isinstance(x, _PLAIN) else ("object", type(x), id(x))
 
 
 @contextmanager
@@ -157,6 +235,25 @@ def is_batch(data: Any) -> bool:
         and isinstance(data[0], (torch.Tensor, dict))
         and (data[1] is None or isinstance(data[1], torch.Tensor))
     )
+
+
+def warn_if_two_inputs(data: Any, what: str) -> None:
+    """Warn when ``data`` is a pair whose "targets" look like a second batch of inputs (a tensor of
+    the inputs' shape and floating dtype): by the one convention it is one batch ``(inputs,
+    targets)``, and ``what`` (a function that ignores targets) reads the first tensor only. A pair
+    with real targets (class labels, or any other shape or dtype) stays silent."""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data)):
+        return
+    x, y = data
+    if x.is_floating_point() and y.dtype == x.dtype and y.shape == x.shape:
+        warnings.warn(
+            f"{what}: a pair of tensors is one batch (inputs, targets), so only the first tensor is "
+            f"read; the second has the same shape {tuple(x.shape)} and dtype as the inputs, as if it "
+            "were a second batch of inputs. To pass two batches, pass iter([x1, x2]) or "
+            "[(x1, None), (x2, None)]; to pass one batch, pass the inputs alone",
+            stacklevel=3,
+        )
 
 
 def split_batch(batch: Any) -> Batch:
@@ -949,7 +1046,10 @@ def record_tape(model: nn.Module, example_input: Any, weight_ids: Iterable[int],
         recorder.placeholders(x)
         with preserve_state(model), torch.no_grad():
             recorder.run(model, x)
-        return Tape(recorder.graph, dict(model.named_modules()), leaves, tuple(recorder.steps))
+        # the root is never a leaf call of a model with weight layers; leaving it out means a tape
+        # kept with a model (a cache) does not keep the model alive
+        modules = {n: m for n, m in model.named_modules() if n}
+        return Tape(recorder.graph, modules, leaves, tuple(recorder.steps))
 
     on_meta = meta
     if meta:
@@ -972,7 +1072,7 @@ class TapeLayers:
     """A model's layer graph read from a recorded forward (:class:`Tape`), and where each layer
     node is read; :meth:`tapped` replays the model with those reads."""
 
-    model: nn.Module
+    model_ref: "weakref.ReferenceType[nn.Module]"  # weak: a cached TapeLayers does not keep its model alive
     layers: Mapping[int, TracedLayer]
     tape: Tape
     reads: List[LayerRead]
@@ -982,12 +1082,21 @@ class TapeLayers:
     include_output: bool = True
     inputs: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)  # as FxLayers.inputs
 
+    @property
+    def model(self) -> nn.Module:
+        """The model the tape was recorded from (a ReferenceError once it is gone)."""
+        model = self.model_ref()
+        if model is None:
+            raise ReferenceError("the model of this recorded forward no longer exists")
+        return model
+
     @classmethod
     def of(cls, model: nn.Module, layers: Mapping[int, TracedLayer], tape: Tape, *,
            include_input: bool = False, include_output: bool = True) -> "TapeLayers":
         walk = _Walk(tape.graph, tape.modules, layers)
         graph, reads, probed = walk.layer_graph(include_input, include_output)
-        return cls(model, layers, tape, reads, graph, probed, include_input, include_output, walk.inputs)
+        return cls(weakref.ref(model), layers, tape, reads, graph, probed, include_input, include_output,
+                   walk.inputs)
 
     def tapped(self, record: Callable[[int, Any], None]) -> Callable[..., Any]:
         """A callable that runs the model like the model itself and calls ``record(i, value)`` with
