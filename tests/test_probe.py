@@ -406,7 +406,10 @@ def test_a_pair_of_tensors_is_one_batch_never_two():
     """(inputs, targets), as initialize reads it: the targets are ignored, whatever their shape."""
     y = torch.tensor([0, 1])
     for pair in [(X, y), [X, y], (X, None), (X, torch.randn(2, 7)), (X, X)]:
-        r = measure_emergence(hand_mlp(), pair, mode="mean")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            r = measure_emergence(hand_mlp(), pair, mode="mean")
+        assert len(seen) == (pair[1] is X)  # targets shaped like the inputs: said, not silent
         assert r.samples == 2 and r.to_dict() == measure_emergence(hand_mlp(), X, mode="mean").to_dict()
     three = measure_emergence(hand_mlp(), [X, X, X], mode="mean")  # not a pair: three batches
     assert three.samples == 6

@@ -185,7 +185,6 @@ class _Accumulator:
     ok: torch.Tensor  # bool per node: every value so far finite
     finite: torch.Tensor  # int64 per node: tallies after which every value so far was finite
     tallies: List[int] = field(default_factory=list)  # the batch of each tally, in order
-    cuts: Dict[Tuple[Any, ...], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def zeros(cls, layers: Tuple[int, ...], widths: List[int], device: torch.device, sums: bool) -> "_Accumulator":
@@ -194,20 +193,10 @@ class _Accumulator:
                    torch.zeros(n, dtype=torch.float64, device=device) if sums else None,
                    torch.ones(n, dtype=torch.bool, device=device), torch.zeros(n, dtype=torch.int64, device=device))
 
-    def cut(self, sizes: Tuple[int, ...], dtype: torch.dtype, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(threshold per node times the elements each value sums, those element counts), made once."""
-        key = (sizes, dtype)
-        if key not in self.cuts:
-            device = self.above.device
-            per_node = torch.tensor(sizes, dtype=torch.float64, device=device).repeat_interleave(
-                torch.tensor(self.widths, device=device))
-            self.cuts[key] = ((threshold * per_node).to(dtype), per_node)
-        return self.cuts[key]
-
-    def tally(self, values: torch.Tensor, sizes: Tuple[int, ...], threshold: float, batch: int) -> None:
-        """Add one batch's (rows, nodes) values: counts above the threshold, value sums ("mean"
-        mode), and whether all were finite (max and min per node: exact, no overflow)."""
-        cut, size = self.cut(sizes, values.dtype, threshold)
+    def tally(self, values: torch.Tensor, cut: torch.Tensor, size: torch.Tensor, batch: int) -> None:
+        """Add one batch's (rows, nodes) values: counts above ``cut`` (per node), value sums divided
+        by ``size`` ("mean" mode), and whether all were finite (max and min per node: exact, no
+        overflow)."""
         self.above += (values > cut).sum(0, dtype=torch.int32)  # int32: exact per batch, and fast on CPUs
         if self.total is not None:
             self.total += values.sum(0, dtype=torch.float64) / size
@@ -236,7 +225,8 @@ class _Counts:
     ones are tallied where they are read. ``read`` brings every total to the host in one transfer:
     one synchronization per call, not one per layer or per batch."""
 
-    def __init__(self, layers: Sequence[Tuple[str, str, int]], threshold: float, sums: bool):
+    def __init__(self, layers: Sequence[Tuple[str, str, int]], threshold: float, sums: bool,
+                 cuts: Optional[Dict[Tuple[Any, ...], Tuple[torch.Tensor, torch.Tensor]]] = None):
         self.names = [n for n, _, _ in layers]
         self.kinds = [k for _, k, _ in layers]
         self.widths = [w for _, _, w in layers]
@@ -245,6 +235,7 @@ class _Counts:
         self.rows = [0] * len(layers)
         self.pending: Dict[int, Tuple[torch.Tensor, int]] = {}
         self.accumulators: Dict[Tuple[int, ...], _Accumulator] = {}
+        self.cuts = {} if cuts is None else cuts  # kept by the plan: made on the device once, not per call
         self.batch = 0
 
     def record(self, index: int, x: Any) -> None:
@@ -259,9 +250,21 @@ class _Counts:
         if acc is None:
             acc = self.accumulators[layers] = _Accumulator.zeros(
                 layers, [self.widths[i] for i in layers], values.device, self.sums)
-        acc.tally(values, sizes, self.threshold, self.batch)
+        acc.tally(values, *self._cut(layers, sizes, values.dtype, values.device), self.batch)
         for i in layers:
             self.rows[i] += values.shape[0]
+
+    def _cut(self, layers: Tuple[int, ...], sizes: Tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the threshold per node times the elements each value sums, those element counts)."""
+        key = (layers, sizes, dtype, device, self.threshold)
+        if key not in self.cuts:
+            if len(self.cuts) >= 256:  # a sweep over thresholds or image sizes: keep it bounded
+                self.cuts.clear()
+            per_node = torch.tensor(sizes, dtype=torch.float64).repeat_interleave(
+                torch.tensor([self.widths[i] for i in layers]))
+            self.cuts[key] = ((self.threshold * per_node).to(dtype).to(device), per_node.to(device))
+        return self.cuts[key]
 
     def flush(self) -> None:
         """Tally the pending values of one batch (no host synchronization)."""
@@ -345,6 +348,7 @@ class _Plan:
     skipped: Tuple[str, ...]
     recorded: bool
     pins: List[Any] = field(default_factory=list, repr=False)  # what the cache key holds by identity
+    cuts: Dict[Tuple[Any, ...], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -529,7 +533,7 @@ def measure_emergence(
         model.train(training)  # before tracing: a forward may branch on self.training
         x0 = _on_device(first[0], device)
         plan = _plan_for(model, x0, include_input, include_output)
-        counts = _Counts(plan.layers, threshold, sums=mode == "mean")
+        counts = _Counts(plan.layers, threshold, sums=mode == "mean", cuts=plan.cuts)
         plan.sink.counts = counts
         try:
             for index, (batch, _) in enumerate(itertools.chain([first], batches)):

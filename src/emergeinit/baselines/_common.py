@@ -22,7 +22,7 @@ from emergeinit.layers import (
     Storage, WeightLayer, draw_weight_, find_weight_layers, is_frozen, warn_frozen, weight_storage,
 )
 from emergeinit.options import FLAG, NON_NEGATIVE, Rule, optional
-from emergeinit.trace import Batch, is_batch, modules_running, split_batch, to_device
+from emergeinit.trace import Batch, is_batch, modules_running, split_batch, to_device, warn_if_two_inputs
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -68,6 +68,8 @@ def batch_stream(data: Any, method: str, *, device: torch.device, need_targets: 
         raise ValueError(
             f"{method} is data-dependent: pass data=(inputs, targets) or an iterable of batches"
         )
+    if not need_targets:  # targets are ignored: a pair that looks like two input batches is said
+        warn_if_two_inputs(data, method)
     if is_batch(data):
         first = split_batch(data)
         source = None
