@@ -169,34 +169,42 @@ def _timed(fn: Callable[[], object]) -> Tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
+def _side_by_side(a: Callable[[], object], b: Callable[[], object], repeats: int) -> Tuple[float, float, float, float]:
+    """Time ``a`` and ``b`` alternately so that drift in machine load hits both alike.
+
+    Returns wall (fastest a, fastest b, median per-round ratio b/a) and the same median ratio in
+    process CPU time, which other processes on a shared machine disturb less."""
+    a(), b()
+    wall: Dict[int, List[float]] = {id(a): [], id(b): []}
+    cpu: Dict[int, List[float]] = {id(a): [], id(b): []}
+    for _ in range(repeats):
+        for fn in (a, b):
+            w, c = _timed(fn)
+            wall[id(fn)].append(w)
+            cpu[id(fn)].append(c)
+    ratio = statistics.median(y / x for x, y in zip(wall[id(a)], wall[id(b)]))
+    cpu_ratio = statistics.median(y / x for x, y in zip(cpu[id(a)], cpu[id(b)]))
+    return min(wall[id(a)]), min(wall[id(b)]), ratio, cpu_ratio
+
+
 def compare(name: str, batch: int, repeats: int) -> Dict[str, float]:
-    """Forward vs measure_emergence on one model and batch, alternating: a fresh model's first
-    call (trace included) in each round against that round's forward, then ``repeats`` later calls."""
+    """Forward vs measure_emergence on one model and batch: a fresh model's first call (the trace
+    included) against a forward timed just before it (median of three fresh models), then later
+    calls alternating with forwards (:func:`_side_by_side`)."""
     make, side = MODELS[name]
     x = torch.randn(batch, 3, side, side)
     first_ratios: List[float] = []
-    for _ in range(2):  # a fresh model each time: its first call traces it
+    measure_emergence(make().eval(), x)  # one-time costs of the process (lazy imports) billed to no row
+    for _ in range(3):  # a fresh model each time: its first call traces it
         torch.manual_seed(0)
         model = make().eval()
-        forward = lambda: _no_grad(model, x)
-        forward()  # warm-up: allocator, one-time kernel selection
-        f, _ = _timed(forward)
+        _no_grad(model, x)  # warm-up: allocator, one-time kernel selection
+        f, _ = _timed(lambda: _no_grad(model, x))
         m, _ = _timed(lambda: measure_emergence(model, x))
         first_ratios.append(m / f)
-    walls: Dict[str, List[float]] = {"forward": [], "measure": []}
-    cpus: Dict[str, List[float]] = {"forward": [], "measure": []}
-    for _ in range(repeats):
-        for key, fn in (("forward", forward), ("measure", lambda: measure_emergence(model, x))):
-            w, c = _timed(fn)
-            walls[key].append(w)
-            cpus[key].append(c)
-    return {
-        "forward_ms": min(walls["forward"]) * 1e3,
-        "measure_ms": min(walls["measure"]) * 1e3,
-        "first": statistics.median(first_ratios),
-        "later": statistics.median(m / f for f, m in zip(walls["forward"], walls["measure"])),
-        "later_cpu": statistics.median(m / f for f, m in zip(cpus["forward"], cpus["measure"])),
-    }
+    f, m, ratio, cpu_ratio = _side_by_side(lambda: _no_grad(model, x), lambda: measure_emergence(model, x), repeats)
+    return {"forward_ms": f * 1e3, "measure_ms": m * 1e3, "first": statistics.median(first_ratios),
+            "later": ratio, "later_cpu": cpu_ratio}
 
 
 def _no_grad(model: nn.Module, x: torch.Tensor) -> None:
