@@ -40,6 +40,7 @@ __all__ = [
     "batch_on",
     "frozen_parameters",
     "free_params",
+    "search_leaves",
     "scaled_params",
     "call_with",
     "rescale_",
@@ -164,11 +165,18 @@ def free_params(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
 
 
-def scaled_params(base: Dict[str, torch.Tensor], names: Sequence[str],
+def search_leaves(base: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """One tensor per entry of ``base`` that autograd can differentiate, sharing its storage (no
+    copy): made once per search, since nothing writes them in place (the model's parameters are
+    written after the search ends)."""
+    return {n: t.detach().requires_grad_() for n, t in base.items()}
+
+
+def scaled_params(leaves: Dict[str, torch.Tensor], base: Dict[str, torch.Tensor], names: Sequence[str],
                   scales: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Parameters for :func:`call_with`: ``scales[i] * base[names[i]]`` (differentiable in the
-    scales) and free copies of every other tensor of ``base``."""
-    params = {n: t.clone().requires_grad_() for n, t in base.items()}
+    scales) and, for every other tensor, its leaf from :func:`search_leaves`."""
+    params = dict(leaves)
     for i, n in enumerate(names):
         params[n] = scales[i] * base[n]
     return params

@@ -25,7 +25,7 @@ from torch import nn
 
 from emergeinit.baselines._common import (
     LOSS_RULE, LossFn, batch_on, batch_stream, bn_batch_stats_mode, call_with, default_loss,
-    differentiating_twice, free_params, frozen_parameters, placement, rescale_, scaled_params,
+    differentiating_twice, free_params, frozen_parameters, placement, rescale_, scaled_params, search_leaves,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.options import (
@@ -82,9 +82,11 @@ def _overlap(cur: Batch, nxt: Batch) -> Batch:
     return torch.cat([x[:h], x2[h:]]), torch.cat([y[:h], y2[h:]])
 
 
-def _grads(loss: torch.Tensor, params: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+def _grads(loss: torch.Tensor, params: Dict[str, torch.Tensor], create_graph: bool = True) -> List[torch.Tensor]:
+    """∇ loss for every tensor of ``params`` (zeros where unused); ``create_graph`` keeps the graph a
+    second derivative needs."""
     values = list(params.values())
-    grads = torch.autograd.grad(loss, values, create_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(loss, values, create_graph=create_graph, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(values, grads)]
 
 
@@ -195,6 +197,9 @@ def gradinit_(
         constraint_opt = _ScaleAdam(len(scaled), step_lr, betas, eps, grad_clip)
         gnorms: List[float] = []
         objectives: List[Optional[float]] = []
+        leaves = search_leaves(base)  # once: no copy of the network per iteration
+        # the graph of g is needed by a constraint step (gamma finite) or a second-order objective
+        keep_graph = second_order or math.isfinite(gamma)
         with preserve_state(model), bn_batch_stats_mode(model):
             cur = next(stream)
             for it in range(iters):
@@ -202,15 +207,15 @@ def gradinit_(
                 x, y = cur
                 s_ = s.to(device=device, dtype=dtype).requires_grad_()
                 with differentiating_twice(model, x, "gradinit"):
-                    params = scaled_params(base, scaled, s_)
+                    params = scaled_params(leaves, base, scaled, s_)
                     loss = loss_fn(call_with(model, params, x), y)
                     if it == 0:
                         check_finite(loss, "gradinit: the loss at the start", model, x)
-                    grads = _grads(loss, params)
+                    grads = _grads(loss, params, create_graph=keep_graph)
                     meter.count_backward()
                     gnorm, direction = _step_direction(grads, alg, normalize_grad)
                     gnorms.append(float(gnorm.detach()))
-                    if float(gnorm.detach()) > gamma:  # the constraint is violated: lower the gradient norm
+                    if gnorms[-1] > gamma:  # the constraint is violated: lower the gradient norm
                         (grad_s,) = torch.autograd.grad(gnorm, s_)
                         meter.count_hvp()
                         opt, value = constraint_opt, None

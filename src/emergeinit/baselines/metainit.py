@@ -19,7 +19,7 @@ from torch import nn
 
 from emergeinit.baselines._common import (
     LOSS_RULE, LossFn, batch_on, batch_stream, call_with, default_loss, differentiating_twice, free_params,
-    frozen_parameters, placement, rescale_, scaled_params,
+    frozen_parameters, placement, rescale_, scaled_params, search_leaves,
 )
 from emergeinit.baselines.record import CostMeter, InitRecord, run_recorded
 from emergeinit.options import FLAG, FRACTION, POSITIVE, UNIT_INTERVAL, Rule, at_least, check_values, optional
@@ -45,7 +45,8 @@ def _quotient(
     loss: torch.Tensor, params: Sequence[torch.Tensor], eps: float, meter: Optional[CostMeter]
 ) -> torch.Tensor:
     """GQ as a differentiable scalar: one backward for g, one Hessian-vector product for Hg."""
-    grads = torch.autograd.grad(loss, list(params), create_graph=True, allow_unused=True)
+    params = list(params)
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     if meter is not None:
         meter.count_backward()
     pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
@@ -56,10 +57,10 @@ def _quotient(
     if meter is not None:
         meter.count_hvp()
     total = loss.new_zeros(())
+    plus, minus = loss.new_tensor(eps), loss.new_tensor(-eps)  # eps * (2 [g >= 0] - 1), in two ops fewer
     for (_, g), hg in zip(pairs, hvps):
-        hg = torch.zeros_like(g) if hg is None else hg
-        away_from_zero = eps * (2 * (g >= 0).to(g.dtype) - 1).detach()
-        total = total + ((g - hg) / (g + away_from_zero) - 1).abs().sum()
+        away_from_zero = torch.where(g.detach() >= 0, plus, minus)
+        total = total + ((g - (0 if hg is None else hg)) / (g + away_from_zero) - 1).abs().sum()
     return total / sum(p.numel() for p in params)
 
 
@@ -121,6 +122,7 @@ def metainit_(
         norm = norm0.clone()
         memory = torch.zeros_like(norm0)
         history: List[float] = []
+        leaves = search_leaves(base)  # once: no copy of the network per step
         with preserve_state(model):
             model.eval()
             for step in range(steps):
@@ -131,7 +133,7 @@ def metainit_(
                     x, y = next(stream)
                 c = (norm / norm0).to(device=device, dtype=dtype).requires_grad_()
                 with differentiating_twice(model, x, "metainit"):
-                    params = scaled_params(base, tuned, c)
+                    params = scaled_params(leaves, base, tuned, c)
                     out = call_with(model, params, x)
                     if y is None:
                         y = torch.randint(0, out.shape[-1], (out.shape[0],), device=device)
