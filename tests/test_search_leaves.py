@@ -73,3 +73,24 @@ def test_the_model_is_untouched_until_the_search_ends(monkeypatch):
     metainit_(model, batch(), steps=3)
     assert seen == [True, True, True]
     assert any(not torch.equal(model.state_dict()[k], before[k]) for k in before)  # written at the end
+
+
+@pytest.mark.parametrize("steps", [3, 12, 25])
+def test_metainit_names_the_step_whose_quotient_went_non_finite(steps):
+    """Quotients are read back every few steps, not every step; the error still names the first
+    bad step, and no weight changes."""
+    from emergeinit.trace import NonFiniteError
+
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(None)
+        scale = float("nan") if len(calls) == 3 else 1.0  # the third step's loss, after a finite start
+        return nn.functional.cross_entropy(out, y) * scale
+
+    model = net(bn=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match="gradient quotient is nan at step 2$"):
+        metainit_(model, batch(), steps=steps, loss_fn=loss_fn)
+    assert len(calls) == min(steps, metainit_module.FINITE_CHECK_STEPS)  # stopped at the first read-back
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)

@@ -64,6 +64,20 @@ def _quotient(
     return total / sum(p.numel() for p in params)
 
 
+FINITE_CHECK_STEPS = 10
+"""MetaInit reads its gradient quotients back every this many steps (and after the last) to stop a
+search that went non-finite: a read-back per step would make an accelerator wait for every step."""
+
+
+def _check_quotients(quotients: List[torch.Tensor], start: int) -> None:
+    """A NonFiniteError naming the first step from ``start`` on whose gradient quotient is NaN/inf."""
+    recent = torch.stack(quotients[start:])
+    finite = torch.isfinite(recent)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise NonFiniteError(f"metainit: the gradient quotient is {recent[first].item()} at step {start + first}")
+
+
 def gradient_quotient(
     model: nn.Module, batch: Any, *, loss_fn: Optional[LossFn] = None, eps: float = 1e-5
 ) -> float:
@@ -118,10 +132,12 @@ def metainit_(
         base = {n: p.detach() for n, p in model.named_parameters()}
         frozen = frozen_parameters(model, include_frozen, "metainit")
         tuned = [n for n, t in base.items() if t.dim() >= 2 and float(t.norm()) > 0 and n not in frozen]
-        norm0 = torch.tensor([float(base[n].norm()) for n in tuned], dtype=torch.float64)
+        # the search's state stays on the model's device: a step reads nothing back to the host
+        norm0 = torch.tensor([float(base[n].norm()) for n in tuned], dtype=torch.float64, device=device)
         norm = norm0.clone()
         memory = torch.zeros_like(norm0)
-        history: List[float] = []
+        quotients: List[torch.Tensor] = []
+        checked = 0  # quotients known to be finite
         leaves = search_leaves(base)  # once: no copy of the network per step
         with preserve_state(model):
             model.eval()
@@ -141,13 +157,15 @@ def metainit_(
                     if step == 0:
                         check_finite(loss, "metainit: the loss at the start", model, x)
                     gq = _quotient(loss, list(params.values()), eps, meter)
-                    if not bool(torch.isfinite(gq)):
-                        raise NonFiniteError(f"metainit: the gradient quotient is {gq.item()} at step {step}")
                     (grad_c,) = torch.autograd.grad(gq, c)
                 meter.count_hvp()
-                history.append(float(gq.detach()))
-                memory = momentum * memory - lr * grad_c.detach().sign().to(torch.float64).cpu()
+                quotients.append(gq.detach())
+                memory = momentum * memory - lr * grad_c.detach().sign().to(torch.float64)
                 norm = torch.maximum(norm + memory, min_scale * norm0)
+                if (step + 1) % FINITE_CHECK_STEPS == 0 or step + 1 == steps:
+                    _check_quotients(quotients, checked)
+                    checked = len(quotients)
+        history = torch.stack(quotients).tolist()
         rescale_(model, {n: float(norm[i] / norm0[i]) for i, n in enumerate(tuned)})
         return {
             "steps": steps,
