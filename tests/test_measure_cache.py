@@ -325,3 +325,23 @@ def test_lsuv_which_ignores_targets_says_so_too_and_the_losses_do_not():
         initialize(Skippy(), "lsuv", data=(x, torch.randint(0, 2, (8,))))
         autoencoder = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3))
         initialize(autoencoder, "gradinit", data=(x, x.clone()), iters=1, loss_fn=F.mse_loss)
+
+
+def test_concurrent_calls_on_one_model_do_not_mix_their_counts():
+    """A kept plan serves one call at a time; a call that finds it busy makes its own."""
+    import threading
+
+    net, batches = Skippy(), [torch.randn(64, 3) * s for s in (0.5, 1.0, 2.0)]
+    want = [measure_emergence(net, x).to_dict() for x in batches]
+    got = {}
+
+    def work(i):
+        got[i] = [measure_emergence(net, batches[(i + k) % 3]).to_dict() for k in range(6)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, reports in got.items():
+        assert reports == [want[(i + k) % 3] for k in range(6)]

@@ -376,44 +376,54 @@ _RECORDED = "recorded"  # a structure fx cannot trace: its plans are kept per in
 class _PlanCache:
     """measure_emergence's one piece of state: the plans of the last :data:`MEASURE_CACHE_SIZE`
     (model, structure, options) seen, so a model is traced once, not at every call. A model is
-    held by a weak reference (its entries go with it); a plan holds the model's submodules and what
-    the key names by identity (:func:`emergeinit.trace.structure_key`), never the model itself.
+    held by a weak reference (its entries go when it does); a plan holds the model's submodules and
+    what the key names by identity (:func:`emergeinit.trace.structure_key`), never the model itself.
     A model whose structure changed (a module replaced, a flag a forward reads, a parameter's shape,
     train/eval, the registered Linear-like types) gets a new key, so a stale trace is never reused.
-    ``clear()`` empties it (:func:`clear_measure_cache`)."""
+    No method iterates over the entries, so a model dying (its callback removing its entries) in
+    the middle of one is harmless. ``clear()`` empties it (:func:`clear_measure_cache`)."""
 
     def __init__(self, size: int):
         self.size = size
-        self.entries: "OrderedDict[Tuple[int, Any], Tuple[weakref.ReferenceType[nn.Module], Any]]" = OrderedDict()
-        self.refs: Dict[int, "weakref.ReferenceType[nn.Module]"] = {}
+        self.entries: "OrderedDict[Tuple[int, Any], Any]" = OrderedDict()
+        self.refs: Dict[int, "weakref.ReferenceType[nn.Module]"] = {}  # one per model with entries
+        self.keys: Dict[int, set] = {}  # each model's keys in ``entries``
 
     def get(self, model: nn.Module, key: Any) -> Any:
-        entry = self.entries.get((id(model), key))
-        if entry is None or entry[0]() is not model:
+        ref = self.refs.get(id(model))
+        if ref is None or ref() is not model:
             return None
-        self.entries.move_to_end((id(model), key))
-        return entry[1]
+        value = self.entries.get((id(model), key))
+        if value is not None:
+            self.entries.move_to_end((id(model), key))
+        return value
 
     def put(self, model: nn.Module, key: Any, value: Any) -> None:
         ident = id(model)
         ref = self.refs.get(ident)
         if ref is None or ref() is not model:
-            ref = self.refs[ident] = weakref.ref(model, lambda _, ident=ident: self._drop(ident))
-        self.entries[(ident, key)] = (ref, value)
+            self._drop(ident)  # what a dead model with the same id left, if anything
+            self.refs[ident] = weakref.ref(model, lambda _, ident=ident: self._drop(ident))
+        self.entries[(ident, key)] = value
         self.entries.move_to_end((ident, key))
+        self.keys.setdefault(ident, set()).add(key)
         while len(self.entries) > self.size:
-            (old, _), _ = self.entries.popitem(last=False)
-            if not any(i == old for i, _ in self.entries):
+            (old, old_key), _ = self.entries.popitem(last=False)
+            kept = self.keys.get(old, set())
+            kept.discard(old_key)
+            if not kept:
+                self.keys.pop(old, None)
                 self.refs.pop(old, None)
 
     def _drop(self, ident: int) -> None:
-        for k in [k for k in self.entries if k[0] == ident]:
-            del self.entries[k]
+        for key in self.keys.pop(ident, ()):
+            self.entries.pop((ident, key), None)
         self.refs.pop(ident, None)
 
     def clear(self) -> None:
         self.entries.clear()
         self.refs.clear()
+        self.keys.clear()
 
 
 _PLANS = _PlanCache(MEASURE_CACHE_SIZE)
