@@ -139,3 +139,17 @@ def test_auto_report_pairs_seeds_and_judges_each_column():
     with tempfile.TemporaryDirectory() as out:
         text = image_report(records, out)
     assert "alpha: auto against its base init" in text and "**no**" in text
+
+
+def test_demo_names_what_auto_picked_in_each_seed():
+    from emergeinit.bench.auto_report import picked_text
+    from emergeinit.bench.commands.demo import _auto_picks
+
+    records = [_record(1, 60.0, "auto", chosen={"label": "normalized α=2 blockwise", "alpha": 2.0}),
+               _record(0, 55.0, "auto", chosen={"label": "the base (α=1)", "alpha": 1.0}),
+               _record(0, 50.0, 2.0), _record(2, 10.0, "auto")]
+    assert picked_text(records[0]) == "normalized α=2 blockwise"
+    assert picked_text(records[3]) == "no choice recorded"
+    assert _auto_picks(records) == ("seed 0: the base (α=1); seed 1: normalized α=2 blockwise; "
+                                    "seed 2: no choice recorded")
+    assert _auto_picks(records[2:3]) == ""

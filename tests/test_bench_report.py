@@ -77,7 +77,7 @@ def test_report_table_and_plots_from_results_file(results_file, tmp_path, capsys
 
 def test_demo_grid_equals_its_config_file():
     assert expand_grid(DEMO_SPEC) == load_grid("configs/demo.yaml")
-    assert len(expand_grid(DEMO_SPEC)) == 4 * 5
+    assert len(expand_grid(DEMO_SPEC)) == 5 * 5
 
 
 def test_report_on_a_missing_path_fails_and_writes_nothing(tmp_path, results_file, capsys):

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from emergeinit.bench.records import accuracy, init_label
 from emergeinit.stats import paired_interval
 
-__all__ = ["AUTO_KEYS", "auto_rows"]
+__all__ = ["AUTO_KEYS", "auto_rows", "picked_text"]
 
 AUTO_KEYS = ("alpha", "schedule", "scope", "candidates", "budget", "min_gain", "screen_steps", "epoch_steps",
              "graph_depth")
@@ -45,6 +45,13 @@ def _alpha(config: Mapping[str, Any]) -> Optional[float]:
 def _picked(record: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     auto = ((record.get("init_record") or {}).get("details") or {}).get("auto") or {}
     return auto.get("chosen")
+
+
+def picked_text(record: Mapping[str, Any]) -> str:
+    """What an ``alpha: auto`` run chose, as its candidate's label ("no choice recorded" for a run
+    that ended before choosing)."""
+    picked = _picked(record)
+    return str(picked.get("label", "?")) if picked else "no choice recorded"
 
 
 def _cost(record: Mapping[str, Any]) -> Optional[float]:

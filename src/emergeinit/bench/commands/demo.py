@@ -25,6 +25,8 @@ __all__ = ["add_arguments", "main", "DEMO_SPEC", "demo_spec", "describe"]
 # α = 2 and α = 5, and blockwise at α = 5. Chosen from the map's sizing subset
 # (results/sensitivity_sizing.jsonl, 3 seeds): its largest effect, a failure (global α = 5: every
 # seed at chance, −36 points), with the blockwise scope halving the damage (docs/harness.md, "Demo").
+# Last, ``alpha: auto`` (issue 14): the one call meant never to start worse than the base; its probe
+# budget is 5% of a real epoch (469 steps of batch 128), and the demo prints what it picked per seed.
 DEMO_SPEC: Dict[str, Any] = {
     "task": "image",
     "protocol": "table1",
@@ -37,6 +39,7 @@ DEMO_SPEC: Dict[str, Any] = {
          "init_options.alpha": [2.0, 5.0]},
         {"init": "emergence", "init_options.schedule": "normalized", "init_options.scope": "blockwise",
          "init_options.alpha": 5.0},
+        {"init": "emergence", "init_options.alpha": "auto", "init_options.epoch_steps": 469},
     ],
 }
 
@@ -114,7 +117,18 @@ def _summary(records: List[Mapping[str, Any]]) -> str:
                      ", ".join(f"{v} {k}" for k, v in counts.items() if v)])
     table = markdown_table(["Init", "Model", "E at init", "Acc_1 (%)", "Acc_1 − Kaiming, seed-paired [95%]",
                             "runs"], rows)
-    return table + "\n\n" + "\n".join(f"- {describe(d)}" for d in deltas.values())
+    picks = _auto_picks(records)
+    return (table + "\n\n" + "\n".join(f"- {describe(d)}" for d in deltas.values())
+            + (f"\n- alpha: auto picked, per seed: {picks}." if picks else ""))
+
+
+def _auto_picks(records: List[Mapping[str, Any]]) -> str:
+    """What ``alpha: auto`` chose in each seed's run, e.g. ``seed 0: the base (α = 1)``."""
+    from emergeinit.bench.auto_report import picked_text
+
+    runs = sorted((int(r["config"].get("seed", 0)), r) for r in records
+                  if (r["config"].get("init_options") or {}).get("alpha") == "auto")
+    return "; ".join(f"seed {seed}: {picked_text(r)}" for seed, r in runs)
 
 
 def main(args: argparse.Namespace) -> int:
