@@ -153,3 +153,29 @@ def test_demo_names_what_auto_picked_in_each_seed():
     assert _auto_picks(records) == ("seed 0: the base (α=1); seed 1: normalized α=2 blockwise; "
                                     "seed 2: no choice recorded")
     assert _auto_picks(records[2:3]) == ""
+
+
+def test_auto_pairs_with_map_runs_made_before_speed_keys_existed_and_names_what_splits_a_model():
+    from emergeinit.bench.auto_report import auto_rows
+    from emergeinit.bench.report import auto_section
+
+    def real(seed, acc, init, classifier, **extra):
+        options = {"alpha": "auto"} if init == "auto" else {}
+        config = {"task": "image", "protocol": "table1", "model": "resnet20", "dataset": "fashion-mnist-16",
+                  "seed": seed, "init": "emergence" if init == "auto" else "kaiming", "init_options": options,
+                  "base_init": "model", "classifier_init": classifier, **extra}
+        details = {"auto": {"chosen": {"alpha": 1.0, "label": "base (α=1)"}}} if init == "auto" else {}
+        return {"task": "image", "status": "ok", "config": config, "init_record": {"details": details},
+                "epochs": [{"epoch": 1, "phase": "main", "test_acc": acc}]}
+
+    records = []
+    for seed in range(3):
+        for classifier in (None, "kaiming"):
+            # the map's run: an older commit, no speed keys, two threads; auto's: today's keys
+            records.append(real(seed, 40.0 + seed, "kaiming", classifier, cpu_threads=2))
+            records.append(real(seed, 40.0 + seed, "auto", classifier, cpu_threads=1, compile=False,
+                                optimizer_impl=None, eval_batch_size=500))
+    rows = auto_rows(records)
+    assert len(rows) == 2 and all(r["difference"].n == 3 and r["difference"].mean == 0 for r in rows)
+    text = auto_section(records)
+    assert "classifier_init=kaiming (kaiming row)" in text and "classifier_init=null (kaiming row)" in text

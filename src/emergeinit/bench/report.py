@@ -379,15 +379,30 @@ def _mean(values: Iterable[float]) -> str:
     return f"{sum(vals) / len(vals):.1f}" if vals else "—"
 
 
+def _keys_that_differ(configs: List[Mapping[str, Any]]) -> Dict[Any, List[str]]:
+    """Per model, the config keys (not seed, init, init_options) whose values differ between its
+    configs: what tells apart two rows of one model (``classifier_init``)."""
+    by_model: Dict[Any, List[Mapping[str, Any]]] = {}
+    for cfg in configs:
+        by_model.setdefault(cfg.get("model"), []).append(cfg)
+    out: Dict[Any, List[str]] = {}
+    for model, cfgs in by_model.items():
+        keys = set().union(*cfgs) - {"seed", "init", "init_options"}
+        out[model] = sorted(k for k in keys if len({repr(c.get(k)) for c in cfgs}) > 1)
+    return out
+
+
 def auto_section(records: Iterable[Mapping[str, Any]]) -> str:
     """Markdown: model × base options × what auto picked × Acc_1 against the base, paired by seed."""
     rows = auto_rows(records)
     if not rows:
         return ""
     table = []
+    differ = _keys_that_differ([r["config"] for r in rows])
     for row in rows:
         cfg = row["config"]
         base_opts = {k: v for k, v in (cfg.get("init_options") or {}).items() if k not in AUTO_KEYS}
+        base_opts.update({k: _short(cfg.get(k)) for k in differ.get(cfg.get("model"), ())})
         picks: Dict[str, int] = {}
         for p in row["picks"]:
             picks[p] = picks.get(p, 0) + 1
