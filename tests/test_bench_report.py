@@ -184,6 +184,9 @@ def test_describe_says_what_the_interval_shows():
     lost = describe(delta([-40.0, -38.0], {"ok": 0, "failed": 2, "diverged": 1, "error": 0}))
     assert lost.endswith("a loss these seeds establish; 3 of its 3 runs failed to train or diverged.")
     assert describe(delta([], {"ok": 0, "failed": 0, "diverged": 2, "error": 0})).startswith("em: no seed")
+    assert describe(delta([0.0] * 5, {"ok": 5, "failed": 0, "diverged": 0, "error": 0})) == (
+        "em: the same Acc_1 as Kaiming in all 5 seeds.")
+    assert "not settled" in describe(delta([0.0, 0.0, 1.0], ok))
 
 
 def test_demo_command_runs_a_grid_and_prints_the_paired_table(tmp_path, capsys):

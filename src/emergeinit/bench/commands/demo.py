@@ -61,6 +61,8 @@ def describe(delta: Any) -> str:
     fails = f"; {bad} of its {runs} runs failed to train or diverged" if bad else ""
     if mean is None:
         return f"{delta.row}: no seed with a result in both rows{fails}."
+    if delta.diffs and all(d == 0 for d in delta.diffs):
+        return f"{delta.row}: the same Acc_1 as Kaiming in all {len(delta.diffs)} seeds{fails}."
     wins = sum(d > 0 for d in delta.diffs)
     head = f"{delta.row}: {mean:+.1f} points against Kaiming (higher in {wins} of {len(delta.diffs)} seeds"
     if lo is None:
