@@ -51,14 +51,15 @@ def test_shards_split_a_grid_into_disjoint_parts_that_cover_it():
             shard_configs(configs, bad)
 
 
-@pytest.mark.parametrize("name, plain, residual", [("sensitivity", "vgg13", "resnet20_bn"),
-                                                   ("sensitivity_gpu", "vgg19", "resnet110_bn")])
-def test_sensitivity_map_config(name, plain, residual):
-    """The map (CPU and GPU sizes): 128 runs a seed; every emergence cell has its Kaiming row (same
-    model, options, classifier base, seed) in the grid."""
+@pytest.mark.parametrize("name, plain, residual, per_seed, residual_scopes", [
+    ("sensitivity", "vgg13", "resnet20_bn", 148, {"global", "blockwise", "graph"}),
+    ("sensitivity_gpu", "vgg19", "resnet110_bn", 128, {"global", "blockwise"})])
+def test_sensitivity_map_config(name, plain, residual, per_seed, residual_scopes):
+    """The map (CPU and GPU sizes): 128 runs a seed (the CPU map: 20 more with scope graph); every
+    emergence cell has its Kaiming row (same model, options, classifier base, seed) in the grid."""
     configs = [resolve_config(c) for c in load_grid(f"configs/{name}.yaml")]
     seeds = sorted({c["seed"] for c in configs})
-    assert len(configs) == 128 * len(seeds)
+    assert len(configs) == per_seed * len(seeds)
     def key(c):
         return c["model"], json.dumps(c["model_options"], sort_keys=True), c["classifier_init"], c["seed"]
 
@@ -68,7 +69,7 @@ def test_sensitivity_map_config(name, plain, residual):
     for c in configs:
         if c["init"] == "emergence":
             scopes.setdefault(c["model"], set()).add(c["init_options"].get("scope", "global"))
-    assert scopes[plain] == {"global"} and scopes[residual] == {"global", "blockwise"}
+    assert scopes[plain] == {"global"} and scopes[residual] == residual_scopes
     assert {c["base_init"] for c in configs} == {"model"}
 
 
