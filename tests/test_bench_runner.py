@@ -199,9 +199,17 @@ def test_the_committed_results_match_their_configs_under_the_new_key_names():
 
 def test_records_made_before_base_init_do_not_count_for_the_protocol_base():
     """table1_cpu_slice ran with a fan_in Kaiming redraw; under the table1 base (GradInit's code's
-    init) those runs are not done: they must run again, not be passed off as the new ones."""
+    init) those runs are not done: they must run again, not be passed off as the new ones. The file
+    now also holds the Kaiming and normalized rows rerun from the new base; the literal rows are not."""
+    path = "results/table1_cpu_slice.jsonl"
     ids = {run_id(resolve_config(c)) for c in load_grid("configs/table1_cpu_slice.yaml")}
-    assert not ids & finished_ids("results/table1_cpu_slice.jsonl")
+    old = [r for r in read_records(path) if "base_init" not in r["config"]]
+    assert len(old) == 18 and not {r["id"] for r in old} & ids
+    done = ids & finished_ids(path)
+    rerun = [r for r in read_records(path) if r["id"] in done]
+    assert len(done) == 12 and {r["config"]["base_init"] for r in rerun} == {"model"}
+    assert all(r["config"]["init"] == "kaiming" or r["config"]["init_options"]["schedule"] == "normalized"
+               for r in rerun)
 
 
 # --------------------------------------------------------------- configs checked before any run
