@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from emergeinit.bench.config import task_spec
-from emergeinit.bench.records import accuracy, init_label, record_config, resolved_record_config
+from emergeinit.bench.records import accuracy, effective_config, init_label
 from emergeinit.stats import paired_interval
 
 __all__ = ["AUTO_KEYS", "auto_rows", "picked_text"]
@@ -34,11 +34,6 @@ def _column(config: Mapping[str, Any]) -> Tuple:
     opts = {k: v for k, v in (config.get("init_options") or {}).items() if k not in AUTO_KEYS}
     rest = {k: v for k, v in config.items() if k not in ignored}
     return (repr(sorted(rest.items())), repr(sorted(opts.items())))
-
-
-def _config_of(record: Mapping[str, Any]) -> Dict[str, Any]:
-    """The record's config as resolved today (so runs made before a key existed still pair)."""
-    return resolved_record_config(record) or record_config(record)
 
 
 def _is_auto(config: Mapping[str, Any]) -> bool:
@@ -87,7 +82,7 @@ def auto_rows(records: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     the base by seed, the paired interval, the verdict, and the fixed-α cells that gain."""
     by_column: Dict[Tuple, Dict[str, Any]] = {}
     for r in records:
-        cfg = _config_of(r)
+        cfg = effective_config(r)  # runs made before a key existed still pair
         if cfg.get("init") not in ("emergence", "kaiming") or r.get("status") == "error" or cfg.get("extra_epoch"):
             continue
         col = by_column.setdefault(_column(cfg), {"auto": {}, "base": {}, "kaiming": {}, "fixed": {}, "config": None})

@@ -25,6 +25,7 @@ __all__ = [
     "read_records",
     "record_id",
     "resolved_record_config",
+    "effective_config",
     "latest_records",
     "finished_ids",
     "record_config",
@@ -156,6 +157,12 @@ def finished_ids(path: PathLike) -> set:
 def record_config(record: Mapping[str, Any]) -> Dict[str, Any]:
     """The record's config under current key names (records of any age)."""
     return canonical_keys(record.get("config") or {})
+
+
+def effective_config(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The config a report reads: resolved as today (old runs at the values they used), or, when it
+    no longer resolves, as stored under current key names."""
+    return resolved_record_config(record) or record_config(record)
 
 
 def record_value(record: Mapping[str, Any], key: Key) -> Any:

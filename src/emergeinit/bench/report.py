@@ -22,8 +22,8 @@ from emergeinit.bench import plots
 from emergeinit.bench.auto_report import AUTO_KEYS, auto_rows
 from emergeinit.bench.config import task_spec
 from emergeinit.bench.records import (
-    OUTCOMES, accuracy, classify_run, group_records, init_label, latest_records, log10_emergence, record_config,
-    resolved_record_config,
+    OUTCOMES, accuracy, classify_run, effective_config, group_records, init_label, latest_records, log10_emergence,
+    record_config,
 )
 
 __all__ = ["mean_std", "markdown_table", "bold_best", "paired_interval", "image_report",
@@ -155,17 +155,13 @@ class Cell:
         return out
 
 
-def _config_of(record: Mapping[str, Any]) -> Dict[str, Any]:
-    return resolved_record_config(record) or record_config(record)
-
-
 def image_cells(records: Iterable[Mapping[str, Any]]) -> Dict[Tuple[str, str], Cell]:
     """(row, column) -> :class:`Cell`. A cell pools only runs whose configs differ in the seed; a
     row is the init's label, extended with ``key=value`` for every key that tells apart settings
     which would otherwise share that label in one column (``kaiming · train_limit=20000``)."""
     settings: Dict[Tuple, Cell] = {}
     for r in records:
-        config = _config_of(r)
+        config = effective_config(r)
         key = _setting(_flatten(config))
         if key not in settings:
             settings[key] = Cell(init_label(config), model_label(config), config)
@@ -313,7 +309,7 @@ def image_report(records: Iterable[Mapping[str, Any]], out_dir: Union[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in latest_records(records) if r.get("task", "image") == "image"]
     parts: List[str] = []
-    sections = group_records(records, [lambda r: _config_of(r).get("protocol"), lambda r: _config_of(r).get("dataset")])
+    sections = group_records(records, [lambda r: effective_config(r).get("protocol"), lambda r: effective_config(r).get("dataset")])
     heatmaps: List[Tuple[str, Path]] = []
     names: Dict[int, Tuple[str, str]] = {}  # id(record) -> (column, row): plots split as the tables do
     for i, ((protocol, dataset), recs) in enumerate(sections.items()):
@@ -321,7 +317,7 @@ def image_report(records: Iterable[Mapping[str, Any]], out_dir: Union[str, Path]
         names.update({id(r): (c.col, c.row) for c in cells.values() for r in c.records})
         rows = list(dict.fromkeys(k[0] for k in cells))
         cols = list(dict.fromkeys(k[1] for k in cells))
-        epochs = sorted({int(_config_of(r).get("epochs", 1)) for r in recs})
+        epochs = sorted({int(effective_config(r).get("epochs", 1)) for r in recs})
         devices = sorted({str(r.get("device")) for r in recs})
         total = {k: sum(c.counts()[k] for c in cells.values()) for k in OUTCOMES}
         parts.append(f"## {protocol} protocol on {dataset}\n")
